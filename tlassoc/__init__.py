@@ -1,0 +1,25 @@
+"""tlassoc: induction heads as associative memories, on TransformerLens.
+
+Example:
+    >>> import tlassoc
+    >>> model = tlassoc.AssocTransformer(tlassoc.presets.rpe(d_model=32, n_ctx=64))
+    >>> model.to_str_tokens("To be")
+    ['T', 'o', ' ', 'b', 'e']
+"""
+
+from tlassoc import presets
+from tlassoc.config import AssocConfig
+from tlassoc.model import AssocTransformer, CheckpointError
+from tlassoc.tokenizer import CharTokenizer, WordTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssocConfig",
+    "AssocTransformer",
+    "CharTokenizer",
+    "CheckpointError",
+    "WordTokenizer",
+    "__version__",
+    "presets",
+]

@@ -1,0 +1,268 @@
+"""`AssocConfig`: the configuration of an :class:`~tlassoc.model.AssocTransformer`.
+
+Field names follow TransformerLens's ``HookedTransformerConfig`` (``n_layers``, ``d_model``,
+``n_heads``, ``d_head``, ``d_vocab``, ``n_ctx``, ``positional_embedding_type``,
+``normalization_type``, ``act_fn``-like ``ffn_type``…) so that TransformerLens tools which read
+``model.cfg`` work unchanged. ``positional_embedding_type`` is extended with ``"relative"`` and
+``"none"``.
+
+Example:
+    >>> cfg = AssocConfig(n_layers=2, d_model=64, positional_embedding_type="relative")
+    >>> cfg.d_head, cfg.max_relative_distance, cfg.relative_layers
+    (64, 64, (0,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+POSITIONAL_TYPES = ("standard", "relative", "none")
+RELATIVE_FORMS = ("vector", "bias")
+FFN_TYPES = (None, "linear", "relu")
+NORMALIZATION_TYPES = (None, "LN")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+
+
+def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name}={value!r}; expected a sequence of layer indices") from None
+    for v in items:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"{name}={value!r}; expected integers, got {v!r}")
+    return tuple(sorted(set(items)))
+
+
+@dataclass
+class AssocConfig:
+    """Configuration of an associative-memory transformer.
+
+    Args:
+        n_layers: Number of attention layers.
+        d_model: Residual stream width.
+        n_ctx: Longest sequence the model is meant to see. Absolute positions (``"standard"``)
+            cannot go past it; relative and no positions can.
+        n_heads: Heads per layer.
+        d_head: Width of a head; defaults to ``d_model // n_heads``.
+        d_vocab: Vocabulary size (65 for Tiny Shakespeare characters).
+        positional_embedding_type: ``"standard"`` (learned/frozen absolute ``W_pos`` added to the
+            embeddings, APE), ``"relative"`` (RPE, only in ``relative_layers``) or ``"none"``.
+        relative_layers: Layers whose attention gets the relative term (default: layer 0, the
+            previous-token layer).
+        max_relative_distance: Number of distinct distances; ``t - s`` is clipped at
+            ``max_relative_distance - 1``. Default 64.
+        relative_form: ``"vector"`` (default): a vector ``r_j`` per distance added to the key input,
+            ``score(t, s) = q_t . W_K (x_s + r_{t-s}) / sqrt(d_head)``; ``"bias"``: a learned scalar
+            per distance and head added to the score (T5-style).
+        identity_query: ``W_Q = I`` (the papers' simplified model); needs ``d_head == d_model``.
+        frozen: ``fnmatch`` patterns of parameter names kept at their initial values
+            (``requires_grad=False``), e.g. ``("embed.W_E", "blocks.0.attn.W_V")``.
+        zero_init: Patterns of parameters initialised to zero instead of randomly.
+        ffn_type: ``None`` (attention only), ``"linear"`` or ``"relu"`` feed-forward layer.
+        ffn_layers: Layers with a feed-forward layer (default: the last layer).
+        d_mlp: Feed-forward width (default ``d_model`` for linear, ``4 * d_model`` for relu).
+        normalization_type: ``None`` (the papers' model) or ``"LN"`` (pre-LayerNorm).
+        eps: LayerNorm epsilon.
+        init_std: Standard deviation of random weights (default ``1/sqrt(d_model)``, so random
+            embeddings are nearly orthonormal).
+        seed: Seed of the weight initialisation (same seed, same bits).
+        device: Device of the parameters.
+        dtype: Parameter dtype.
+        use_attn_result: Compute per-head outputs ``hook_result`` (as in TransformerLens).
+        default_prepend_bos: Kept for TransformerLens helpers; the character vocabulary has no
+            BOS token, so this is ``False``.
+        model_name: A name for reports.
+    """
+
+    n_layers: int = 2
+    d_model: int = 128
+    n_ctx: int = 512
+    n_heads: int = 1
+    d_head: int | None = None
+    d_vocab: int = 65
+    positional_embedding_type: str = "standard"
+    relative_layers: tuple[int, ...] = (0,)
+    max_relative_distance: int = 64
+    relative_form: str = "vector"
+    identity_query: bool = False
+    frozen: tuple[str, ...] = ()
+    zero_init: tuple[str, ...] = ()
+    ffn_type: str | None = None
+    ffn_layers: tuple[int, ...] | None = None
+    d_mlp: int | None = None
+    normalization_type: str | None = None
+    eps: float = 1e-5
+    init_std: float | None = None
+    seed: int | None = 0
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    use_attn_result: bool = False
+    default_prepend_bos: bool = False
+    model_name: str = "tlassoc"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # Constant fields TransformerLens tools may read.
+    n_key_value_heads: None = None
+    attention_dir: str = "causal"
+    original_architecture: str = "AssocTransformer"
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    use_local_attn: bool = False
+    gated_mlp: bool = False
+    final_rms: bool = False
+    parallel_attn_mlp: bool = False
+    post_embedding_ln: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_ctx", "n_heads", "d_vocab",
+                     "max_relative_distance"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r}; expected a positive integer")
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "pass d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        if not isinstance(self.d_head, int) or isinstance(self.d_head, bool) or self.d_head < 1:
+            raise ValueError(f"d_head={self.d_head!r}; expected a positive integer")
+        if self.positional_embedding_type not in POSITIONAL_TYPES:
+            raise ValueError(
+                f"positional_embedding_type={self.positional_embedding_type!r}; expected one of "
+                f"{POSITIONAL_TYPES}"
+            )
+        if self.relative_form not in RELATIVE_FORMS:
+            raise ValueError(f"relative_form={self.relative_form!r}; expected one of {RELATIVE_FORMS}")
+        self.relative_layers = _as_int_tuple("relative_layers", self.relative_layers)
+        self._check_layers("relative_layers", self.relative_layers)
+        if self.positional_embedding_type == "relative" and not self.relative_layers:
+            raise ValueError("positional_embedding_type='relative' needs at least one relative layer")
+        if self.ffn_type not in FFN_TYPES:
+            raise ValueError(f"ffn_type={self.ffn_type!r}; expected one of {FFN_TYPES}")
+        if self.ffn_layers is None:
+            self.ffn_layers = (self.n_layers - 1,) if self.ffn_type else ()
+        self.ffn_layers = _as_int_tuple("ffn_layers", self.ffn_layers)
+        self._check_layers("ffn_layers", self.ffn_layers)
+        if self.ffn_type is None and self.ffn_layers:
+            raise ValueError(f"ffn_layers={self.ffn_layers} given but ffn_type is None")
+        if self.ffn_type is not None and not self.ffn_layers:
+            raise ValueError(f"ffn_type={self.ffn_type!r} given but ffn_layers is empty")
+        if self.d_mlp is None and self.ffn_type is not None:
+            self.d_mlp = self.d_model if self.ffn_type == "linear" else 4 * self.d_model
+        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 1):
+            raise ValueError(f"d_mlp={self.d_mlp!r}; expected a positive integer")
+        if self.normalization_type not in NORMALIZATION_TYPES:
+            raise ValueError(
+                f"normalization_type={self.normalization_type!r}; expected one of "
+                f"{NORMALIZATION_TYPES}"
+            )
+        if self.identity_query and self.d_head != self.d_model:
+            raise ValueError(
+                f"identity_query=True needs d_head == d_model, got d_head={self.d_head} and "
+                f"d_model={self.d_model}"
+            )
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ValueError(f"eps={self.eps!r}; expected a positive number")
+        if self.init_std is None:
+            self.init_std = 1.0 / math.sqrt(self.d_model)
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"init_std={self.init_std!r}; expected a positive number")
+        if isinstance(self.dtype, str):
+            if self.dtype not in _DTYPES:
+                raise ValueError(f"dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}")
+            self.dtype = _DTYPES[self.dtype]
+        if self.dtype not in _DTYPES.values():
+            raise ValueError(f"dtype={self.dtype!r}; expected a floating torch dtype")
+        for name in ("frozen", "zero_init"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            value = tuple(value)
+            if not all(isinstance(p, str) and p for p in value):
+                raise ValueError(f"{name}={value!r}; expected a tuple of parameter-name patterns")
+            setattr(self, name, value)
+        self.device = str(torch.device(self.device))
+
+    def _check_layers(self, name: str, layers: tuple[int, ...]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise ValueError(f"{name} has layer {bad[0]}; expected 0 <= layer < n_layers={self.n_layers}")
+
+    # --- derived values TransformerLens reads -------------------------------------------------
+    @property
+    def attn_only(self) -> bool:
+        """True when no layer has a feed-forward block."""
+        return self.ffn_type is None
+
+    @property
+    def act_fn(self) -> str | None:
+        return self.ffn_type
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    def has_relative(self, layer: int) -> bool:
+        """Whether attention in ``layer`` gets the relative-position term."""
+        return self.positional_embedding_type == "relative" and layer in self.relative_layers
+
+    def has_ffn(self, layer: int) -> bool:
+        return layer in self.ffn_layers  # type: ignore[operator]
+
+    def matches(self, patterns: tuple[str, ...], name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    # --- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict; :meth:`from_dict` inverts it.
+
+        Example:
+            >>> AssocConfig.from_dict(AssocConfig(d_model=32).to_dict()).d_model
+            32
+        """
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in _CONSTANT_FIELDS:
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, torch.dtype):
+                v = str(v).removeprefix("torch.")
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AssocConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - _CONSTANT_FIELDS
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown AssocConfig field(s) {unknown}; expected a subset of {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> AssocConfig:
+        """A copy with some fields changed (validated again)."""
+        data = self.to_dict()
+        data.update(changes)
+        return AssocConfig.from_dict(data)
+
+
+_CONSTANT_FIELDS = {
+    "n_key_value_heads", "attention_dir", "original_architecture", "use_split_qkv_input",
+    "use_attn_in", "use_hook_mlp_in", "use_local_attn", "gated_mlp", "final_rms",
+    "parallel_attn_mlp", "post_embedding_ln",
+}

@@ -1,0 +1,212 @@
+"""Copy an :class:`~tlassoc.model.AssocTransformer` into TransformerLens's own model class.
+
+On TransformerLens 3.x the copy is a ``HookedTransformer``; on 4.x (which removed it) a
+``TransformerBridge`` around TransformerLens's native model (``TransformerBridge.boot_native``),
+built offline. This module is the one place where the two majors differ for models.
+
+Example:
+    >>> from tlassoc import AssocTransformer, presets
+    >>> model = AssocTransformer(presets.ape(d_model=32, n_ctx=16))
+    >>> tl_model = to_transformer_lens(model)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from tlassoc._tl import TL_MAJOR
+
+if TYPE_CHECKING:
+    from tlassoc.model import AssocTransformer
+
+
+def check_convertible(model: AssocTransformer) -> None:
+    """Raise ``ValueError`` naming the setting TransformerLens cannot express."""
+    cfg = model.cfg
+    if cfg.positional_embedding_type == "relative":
+        raise ValueError(
+            "positional_embedding_type='relative' cannot be expressed by TransformerLens "
+            "(neither HookedTransformer nor TransformerBridge has learned relative positions); "
+            "only 'standard' and 'none' convert"
+        )
+
+
+def _mlp_weights(model: AssocTransformer, layer: int, d_mlp: int) -> dict[str, Tensor]:
+    """Feed-forward weights for TransformerLens's ReLU MLP of width ``d_mlp``.
+
+    Layers without a feed-forward block get zeros (a ReLU MLP of zeros adds nothing); a linear
+    block ``h W_out`` with ``h = x W_in + b_in`` is written as ``relu(h) W_out + relu(-h)(-W_out)``.
+    """
+    cfg = model.cfg
+    dm = cfg.d_model
+    like = model.W_E
+    out = {
+        "W_in": torch.zeros(dm, d_mlp, dtype=like.dtype, device=like.device),
+        "b_in": torch.zeros(d_mlp, dtype=like.dtype, device=like.device),
+        "W_out": torch.zeros(d_mlp, dm, dtype=like.dtype, device=like.device),
+        "b_out": torch.zeros(dm, dtype=like.dtype, device=like.device),
+    }
+    if not cfg.has_ffn(layer):
+        return out
+    mlp = model.blocks[layer].mlp
+    n = mlp.W_in.shape[1]
+    if cfg.ffn_type == "relu":
+        out["W_in"][:, :n], out["b_in"][:n] = mlp.W_in, mlp.b_in
+        out["W_out"][:n], out["b_out"][:] = mlp.W_out, mlp.b_out
+    else:
+        out["W_in"] = torch.cat([mlp.W_in, -mlp.W_in], dim=1)
+        out["b_in"] = torch.cat([mlp.b_in, -mlp.b_in])
+        out["W_out"] = torch.cat([mlp.W_out, -mlp.W_out], dim=0)
+        out["b_out"] = mlp.b_out.clone()
+    return out
+
+
+def _tl_mlp_width(model: AssocTransformer) -> int | None:
+    cfg = model.cfg
+    if cfg.ffn_type is None:
+        return None
+    assert cfg.d_mlp is not None
+    return cfg.d_mlp * (2 if cfg.ffn_type == "linear" else 1)
+
+
+def _positions(model: AssocTransformer) -> Tensor:
+    if model.cfg.positional_embedding_type == "standard":
+        return model.W_pos
+    return torch.zeros(model.cfg.n_ctx, model.cfg.d_model, dtype=model.W_E.dtype,
+                       device=model.W_E.device)
+
+
+def _tokenizer(model: AssocTransformer) -> Any:
+    tok = model.tokenizer
+    return tok.to_hf() if tok is not None and hasattr(tok, "to_hf") else None
+
+
+@torch.no_grad()
+def to_transformer_lens(model: AssocTransformer) -> Any:
+    """The same network as TransformerLens's own model object, in eval mode.
+
+    Args:
+        model: A model with absolute or no positions.
+
+    Returns:
+        ``HookedTransformer`` (TransformerLens 3.x) or ``TransformerBridge`` (4.x) whose logits
+        equal ``model``'s.
+    """
+    check_convertible(model)
+    converted = _to_hooked_transformer(model) if TL_MAJOR < 4 else _to_bridge(model)
+    return converted.eval()
+
+
+def _to_hooked_transformer(model: AssocTransformer) -> Any:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = model.cfg
+    d_mlp = _tl_mlp_width(model)
+    tl_cfg = HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_ctx=cfg.n_ctx,
+        d_head=cfg.d_head,
+        n_heads=cfg.n_heads,
+        d_vocab=cfg.d_vocab,
+        d_mlp=d_mlp,
+        act_fn="relu" if d_mlp else None,
+        attn_only=d_mlp is None,
+        normalization_type=cfg.normalization_type,
+        eps=cfg.eps,
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+    )
+    ht = HookedTransformer(tl_cfg, tokenizer=_tokenizer(model), default_padding_side="right")
+    state = ht.state_dict()
+    state["embed.W_E"] = model.W_E
+    state["pos_embed.W_pos"] = _positions(model)
+    state["unembed.W_U"] = model.W_U
+    state["unembed.b_U"] = torch.zeros_like(state["unembed.b_U"])
+    W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O
+    for layer in range(cfg.n_layers):
+        p = f"blocks.{layer}"
+        state[f"{p}.attn.W_Q"], state[f"{p}.attn.W_K"] = W_Q[layer], W_K[layer]
+        state[f"{p}.attn.W_V"], state[f"{p}.attn.W_O"] = W_V[layer], W_O[layer]
+        for b in ("b_Q", "b_K", "b_V", "b_O"):
+            state[f"{p}.attn.{b}"] = torch.zeros_like(state[f"{p}.attn.{b}"])
+        if d_mlp:
+            for name, value in _mlp_weights(model, layer, d_mlp).items():
+                state[f"{p}.mlp.{name}"] = value
+        if cfg.normalization_type == "LN":
+            block = model.blocks[layer]
+            state[f"{p}.ln1.w"], state[f"{p}.ln1.b"] = block.ln1.w, block.ln1.b
+            if d_mlp:
+                ln2 = block.ln2 if cfg.has_ffn(layer) else None
+                state[f"{p}.ln2.w"] = ln2.w if ln2 is not None else torch.ones_like(block.ln1.w)
+                state[f"{p}.ln2.b"] = ln2.b if ln2 is not None else torch.zeros_like(block.ln1.b)
+    if cfg.normalization_type == "LN":
+        state["ln_final.w"], state["ln_final.b"] = model.ln_final.w, model.ln_final.b
+    ht.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return ht
+
+
+def _to_bridge(model: AssocTransformer) -> Any:
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = model.cfg
+    d_mlp = _tl_mlp_width(model)
+    bridge_cfg = TransformerBridgeConfig(
+        d_model=cfg.d_model,
+        d_head=cfg.d_head,
+        n_layers=cfg.n_layers,
+        n_ctx=cfg.n_ctx,
+        n_heads=cfg.n_heads,
+        d_vocab=cfg.d_vocab,
+        d_mlp=d_mlp or 4 * cfg.d_model,
+        act_fn="relu",
+        attn_only=d_mlp is None,
+        normalization_type=cfg.normalization_type,
+        eps=cfg.eps,
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        seed=cfg.seed,
+        device=cfg.device,
+        dtype=cfg.dtype,
+    )
+    bridge = TransformerBridge.boot_native(
+        bridge_cfg, tokenizer=_tokenizer(model), device=cfg.device, dtype=cfg.dtype,
+        model_name=cfg.model_name,
+    )
+    native = bridge.original_model
+    native.tok_embed.weight.copy_(model.W_E)
+    native.pos.weight.copy_(_positions(model))
+    native.head.weight.copy_(model.W_U.T)
+    W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O
+    for layer, block in enumerate(native.layers):
+        attn = block.attn
+        for lin, w in ((attn.q, W_Q[layer]), (attn.k, W_K[layer]), (attn.v, W_V[layer])):
+            lin.weight.copy_(w.permute(0, 2, 1).reshape(-1, cfg.d_model))  # [h*d_head, d_model]
+            lin.bias.zero_()
+        attn.o.weight.copy_(W_O[layer].reshape(-1, cfg.d_model).T)  # [d_model, h*d_head]
+        attn.o.bias.zero_()
+        if d_mlp:
+            w = _mlp_weights(model, layer, d_mlp)
+            block.mlp.fc_in.weight.copy_(w["W_in"].T)
+            block.mlp.fc_in.bias.copy_(w["b_in"])
+            block.mlp.fc_out.weight.copy_(w["W_out"].T)
+            block.mlp.fc_out.bias.copy_(w["b_out"])
+        if cfg.normalization_type == "LN":
+            ours = model.blocks[layer]
+            block.ln1.weight.copy_(ours.ln1.w)
+            block.ln1.bias.copy_(ours.ln1.b)
+            if d_mlp:
+                has = cfg.has_ffn(layer)
+                block.ln2.weight.copy_(ours.ln2.w if has else torch.ones_like(ours.ln1.w))
+                block.ln2.bias.copy_(ours.ln2.b if has else torch.zeros_like(ours.ln1.b))
+    if cfg.normalization_type == "LN":
+        native.ln_out.weight.copy_(model.ln_final.w)
+        native.ln_out.bias.copy_(model.ln_final.b)
+    return bridge
