@@ -255,8 +255,21 @@ class AssocConfig:
         return cls(**data)
 
     def replace(self, **changes: Any) -> AssocConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Values that were derived from others (``d_head``, ``init_std``, ``d_mlp``, ``ffn_layers``)
+        are derived again unless they were set to something else or are given in ``changes``.
+
+        Example:
+            >>> AssocConfig(d_model=64).replace(d_model=32).d_head
+            32
+        """
         data = self.to_dict()
+        defaults = AssocConfig(**{k: data[k] for k in ("n_layers", "d_model", "n_heads",
+                                                        "ffn_type")})
+        for name in ("d_head", "init_std", "d_mlp", "ffn_layers"):
+            if name not in changes and getattr(self, name) == getattr(defaults, name):
+                data[name] = None
         data.update(changes)
         return AssocConfig.from_dict(data)
 

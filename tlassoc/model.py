@@ -399,8 +399,10 @@ class AssocTransformer(HookedRootModule):
         Returns:
             Logits ``[batch, pos, d_vocab]``, the loss, both, or ``None``.
         """
-        tokens = self.to_tokens(input) if isinstance(input, (str, list)) else input
-        tokens = self._validate_tokens(tokens)
+        is_text = isinstance(input, str) or (
+            isinstance(input, list) and bool(input) and all(isinstance(t, str) for t in input)
+        )
+        tokens = self._validate_tokens(self.to_tokens(input) if is_text else input)
         resid = self.hook_embed(self.embed(tokens))
         if hasattr(self, "pos_embed"):
             resid = resid + self.hook_pos_embed(self.pos_embed(tokens))

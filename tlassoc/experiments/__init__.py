@@ -1,0 +1,1 @@
+"""One module per experiment; each returns a result object and can write JSON and figures."""

@@ -1,0 +1,1 @@
+"""Associative memories: read weights as stored pairs, recall probes, ideal constructions."""

@@ -1,0 +1,1 @@
+"""Figures: circuitsvis renders and matplotlib plots."""
