@@ -9,16 +9,21 @@ Example:
 
 from tlassoc import presets
 from tlassoc.config import AssocConfig
+from tlassoc.data import AnalogyTask, BigramModel, TriggerBatch, TriggerBigramTask
 from tlassoc.model import AssocTransformer, CheckpointError
 from tlassoc.tokenizer import CharTokenizer, WordTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalogyTask",
     "AssocConfig",
     "AssocTransformer",
+    "BigramModel",
     "CharTokenizer",
     "CheckpointError",
+    "TriggerBatch",
+    "TriggerBigramTask",
     "WordTokenizer",
     "__version__",
     "presets",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tlassoc._io import atomic_write_text
 from tlassoc.tokenizer import CharTokenizer, WordTokenizer
 
 #: File name of the shipped Tiny Shakespeare count table inside ``tlassoc/data``.
@@ -96,6 +98,114 @@ def sampling_table(probs: Float[Tensor, "rows vocab"]) -> Float[Tensor, "rows vo
     return cum.masked_fill(after_last, float("inf"))
 
 
+def alias_table(probs: Float[Tensor, "rows vocab"]) -> tuple[Tensor, Tensor]:
+    """Walker/Vose alias tables of each row of ``probs`` (rows need not be normalised).
+
+    Drawing column ``j`` uniformly and a uniform ``f``, the sample is ``j`` if
+    ``f < accept[r, j]`` else ``alias[r, j]``. Zero-probability tokens are never drawn: their
+    ``accept`` is 0 and every alias is a token of positive probability.
+
+    Returns:
+        ``(accept, alias)``: float64 and int64, both ``[rows, vocab]``.
+
+    Example:
+        >>> accept, alias = alias_table(torch.tensor([[0.0, 1.0, 3.0]]))
+        >>> accept[0, 0].item(), alias[0, 0].item()
+        (0.0, 2)
+    """
+    probs = probs.to(torch.float64).cpu()
+    rows, d = probs.shape
+    accept = torch.zeros((rows, d), dtype=torch.float64)
+    alias = torch.zeros((rows, d), dtype=torch.int64)
+    for r in range(rows):
+        row = probs[r]
+        total = float(row.sum())
+        if not total > 0:
+            raise ValueError(f"row {r} of the distribution has no positive entry")
+        scaled = (row * d / total).tolist()
+        acc = [0.0] * d
+        ali = list(range(d))
+        small = [j for j in range(d) if scaled[j] < 1.0]
+        large = [j for j in range(d) if scaled[j] >= 1.0]
+        while small and large:
+            j, big = small.pop(), large[-1]
+            acc[j], ali[j] = scaled[j], big
+            scaled[big] -= 1.0 - scaled[j]
+            if scaled[big] < 1.0:
+                small.append(large.pop())
+        for j in large + small:  # leftovers are 1 up to rounding
+            acc[j], ali[j] = 1.0, j
+        best = int(row.argmax())
+        for j in range(d):  # rounding must never make a zero-probability token drawable
+            if row[j] <= 0:
+                acc[j] = 0.0
+                if row[ali[j]] <= 0:
+                    ali[j] = best
+            elif row[ali[j]] <= 0:
+                acc[j], ali[j] = 1.0, j
+        accept[r] = torch.tensor(acc, dtype=torch.float64)
+        alias[r] = torch.tensor(ali, dtype=torch.int64)
+    return accept, alias
+
+
+@dataclass(frozen=True)
+class ChainTables:
+    """Flat sampling tables of a bigram chain on one device.
+
+    Attributes:
+        first: cumulative unigram ``[d_vocab]`` for ``searchsorted(..., right=True)``.
+        accept: alias acceptance thresholds, ``[2 * d_vocab * d_vocab]`` (row-major).
+        alias: alias tokens, same layout. Rows ``0..d-1`` are the bigram rows ``π_b(·|i)``;
+            row ``d + o`` always emits token ``o`` (used for a trigger whose output is ``o``).
+        d_vocab: number of tokens.
+    """
+
+    first: Tensor
+    accept: Tensor
+    alias: Tensor
+    d_vocab: int
+
+
+def run_chain(
+    tables: ChainTables,
+    first: Int[Tensor, " batch"],
+    u: Float[Tensor, "steps batch"],
+    row_of: Int[Tensor, "batch d_vocab"] | None = None,
+) -> Int[Tensor, "batch steps_plus_1"]:
+    """Run the chain from tokens ``first`` for ``u.shape[0]`` steps, one uniform per step.
+
+    ``u`` is time-major (row ``t`` holds the uniforms of step ``t``), so every step reads one
+    contiguous row. Each step is a handful of batched gathers of length ``batch``: pick a column
+    ``j = floor(u * d)`` and keep it if the fractional part is below ``accept``, else take its
+    alias. ``row_of[b, v]`` is the table row used after token ``v`` in sequence ``b`` (default
+    ``v``: the plain bigram chain; ``d + o`` forces output ``o``).
+
+    Example:
+        >>> tables = BigramModel.from_text("abab").tables()
+        >>> run_chain(tables, torch.tensor([0]), torch.rand(3, 1, dtype=torch.float64)).tolist()
+        [[0, 1, 0, 1]]
+    """
+    steps, n = u.shape
+    d = tables.d_vocab
+    dev = first.device
+    scaled = u * d
+    col = scaled.to(torch.int64).clamp_(max=d - 1)  # floor, as u >= 0
+    frac = scaled.sub_(col)
+    if row_of is None:
+        row_of = torch.arange(d, device=dev).expand(n, d)
+    # offset[b * d + v] = start of the table row used after token v in sequence b.
+    offset = (row_of * d).reshape(-1).contiguous()
+    base = torch.arange(n, device=dev) * d
+    seq = torch.empty((n, steps + 1), dtype=torch.int64, device=dev)
+    seq[:, 0] = first
+    prev = first
+    for t in range(steps):
+        idx = offset.index_select(0, prev + base).add_(col[t])
+        keep = frac[t] < tables.accept.index_select(0, idx)
+        prev = torch.where(keep, col[t], tables.alias.index_select(0, idx), out=seq[:, t + 1])
+    return seq
+
+
 class BigramModel:
     """Exact unigram and bigram counts over a vocabulary, with the distributions they define.
 
@@ -144,7 +254,7 @@ class BigramModel:
         if int(self.unigram_counts.sum()) == 0:
             raise ValueError("unigram_counts are all zero; expected at least one occurrence")
         self.provenance: dict[str, Any] = dict(provenance or {})
-        self._tables: dict[str, tuple[Tensor, Tensor]] = {}
+        self._tables: dict[str, ChainTables] = {}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -233,8 +343,6 @@ class BigramModel:
             >>> import tempfile, os
             >>> BigramModel.from_text("ab").to_json(os.path.join(tempfile.mkdtemp(), "t.json"))
         """
-        from tlassoc.data.build_tables import atomic_write_text
-
         atomic_write_text(Path(path), format_counts_json(self.to_dict()))
 
     # ------------------------------------------------------------------ distributions
@@ -277,8 +385,10 @@ class BigramModel:
         lowest loss a model without context beyond the previous token can reach.
 
         Example:
-            >>> round(BigramModel.from_text("abab").conditional_entropy(), 6)
+            >>> BigramModel.from_text("abab").conditional_entropy()
             0.0
+            >>> round(BigramModel.from_text("aab").conditional_entropy(), 4)  # log 2
+            0.6931
         """
         counts = self.bigram_counts.to(torch.float64)
         total = counts.sum()
@@ -286,7 +396,7 @@ class BigramModel:
             return 0.0
         cond = counts / counts.sum(-1, keepdim=True).clamp(min=1)
         mask = counts > 0
-        return float(-(counts[mask] / total * cond[mask].log()).sum())
+        return max(0.0, float(-(counts[mask] / total * cond[mask].log()).sum()))
 
     def top_successor(self, token: int | str) -> int:
         """Id of the most frequent successor of ``token`` (lowest id on ties).
@@ -312,22 +422,28 @@ class BigramModel:
             raise ValueError(f"token id {i} is outside the vocabulary [0, {self.d_vocab})")
         return i
 
-    def tables(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """Cumulative sampling tables ``(unigram [d_vocab], conditional [d_vocab, d_vocab])``.
-
-        float64, ``+inf`` from each row's last positive entry on (see :func:`sampling_table`);
-        cached per device.
+    def tables(self, device: torch.device | str = "cpu") -> ChainTables:
+        """Sampling tables of the chain (cached per device); see :class:`ChainTables`.
 
         Example:
-            >>> first, rows = BigramModel.from_text("ab").tables()
-            >>> rows.shape
-            torch.Size([2, 2])
+            >>> tables = BigramModel.from_text("ab").tables()
+            >>> tables.accept.shape  # 2 * d_vocab rows of d_vocab columns, flattened
+            torch.Size([8])
         """
         key = str(torch.device(device))
         if key not in self._tables:
-            unigram = sampling_table(self.unigram_counts.to(torch.float64).unsqueeze(0))[0]
-            rows = sampling_table(self._conditional64())
-            self._tables[key] = (unigram.to(device), rows.to(device))
+            d = self.d_vocab
+            first = sampling_table(self.unigram_counts.to(torch.float64).unsqueeze(0))[0]
+            accept, alias = alias_table(self._conditional64())
+            # Rows d..2d-1 are deterministic: row d + o always emits token o (for triggers).
+            forced_accept = torch.zeros((d, d), dtype=torch.float64)
+            forced_alias = torch.arange(d).unsqueeze(1).expand(d, d)
+            self._tables[key] = ChainTables(
+                first=first.to(device),
+                accept=torch.cat([accept, forced_accept]).reshape(-1).to(device),
+                alias=torch.cat([alias, forced_alias]).reshape(-1).to(device),
+                d_vocab=d,
+            )
         return self._tables[key]
 
     # ------------------------------------------------------------------ sampling
@@ -351,15 +467,10 @@ class BigramModel:
         """
         check_positive("n", n)
         check_positive("length", length)
-        u = uniforms((n, length), generator, seed).to(device)
-        first, rows = self.tables(device)
-        seq = torch.empty((n, length), dtype=torch.int64, device=device)
-        prev = torch.searchsorted(first, u[:, 0].contiguous(), right=True)
-        seq[:, 0] = prev
-        for t in range(1, length):
-            prev = torch.searchsorted(rows[prev], u[:, t : t + 1], right=True).squeeze(1)
-            seq[:, t] = prev
-        return seq
+        u = uniforms((length, n), generator, seed).to(device)  # time-major
+        tables = self.tables(device)
+        first = torch.searchsorted(tables.first, u[0], right=True)
+        return run_chain(tables, first, u[1:])
 
     def __repr__(self) -> str:
         return f"BigramModel(d_vocab={self.d_vocab}, n_bigrams={self.n_bigrams})"
@@ -413,7 +524,7 @@ def format_counts_json(data: dict[str, Any]) -> str:
     """Serialise a count table with one matrix row per line (diff-friendly, compact).
 
     Example:
-        >>> print(format_counts_json({"a": [[1, 2], [3, 4]]}))
+        >>> print(format_counts_json({"a": [[1, 2], [3, 4]]}), end="")
         {
           "a": [
             [1, 2],
@@ -430,6 +541,9 @@ def format_counts_json(data: dict[str, Any]) -> str:
             lines.append(f"  {json.dumps(key)}: [")
             lines.append(",\n".join(rows))
             lines.append(f"  ]{comma}")
+        elif isinstance(value, list):
+            text = json.dumps(value, separators=(", ", ": "))
+            lines.append(f"  {json.dumps(key)}: {text}{comma}")
         else:
             text = json.dumps(value, indent=2, ensure_ascii=True).replace("\n", "\n  ")
             lines.append(f"  {json.dumps(key)}: {text}{comma}")

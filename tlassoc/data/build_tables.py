@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from tlassoc._io import atomic_write_text
 from tlassoc.data.bigram import TINY_SHAKESPEARE_TABLE, BigramModel, format_counts_json
 
 #: Raw Tiny Shakespeare file name, digest, size and origin.
@@ -77,29 +76,6 @@ def read_verified(path: Path, expected_sha256: str) -> bytes:
             "This is not the file the shipped tables were built from."
         )
     return data
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
-        >>> atomic_write_text(p, "hi")
-        >>> p.read_text()
-        'hi'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tiny_shakespeare_table(text: str, source_name: str, sha256: str) -> str:

@@ -31,6 +31,7 @@ from tlassoc.data.bigram import (
     check_positive,
     inverse_cdf,
     make_generator,
+    run_chain,
     uniforms,
 )
 from tlassoc.tokenizer import WordTokenizer
@@ -136,11 +137,11 @@ def count_labels(
         >>> count_labels(torch.tensor([[2, 0, 2, 2]]), torch.tensor([[2]])).tolist()
         [[1, 0, 2, 3]]
     """
-    if triggers.shape[1] == 0:
-        return torch.zeros_like(tokens)
-    hits = tokens.unsqueeze(-1) == triggers.unsqueeze(1)  # [batch, seq, k]
-    counts = hits.cumsum(1)
-    return (counts * hits).sum(-1)
+    labels = torch.zeros(tokens.shape, dtype=torch.int32, device=tokens.device)
+    for j in range(triggers.shape[1]):  # k is small; each pass is one batched cumsum
+        hits = (tokens == triggers[:, j : j + 1]).to(torch.int32)
+        labels.addcmul_(hits.cumsum(1, dtype=torch.int32), hits)
+    return labels.to(torch.int64)
 
 
 @dataclass
@@ -158,7 +159,8 @@ class TriggerBigramTask:
         output_not_trigger: never let a trigger's output equal the trigger itself.
         output_split: ``"all"``; ``"train"``: outputs among the first ``n_train_outputs`` ids;
             ``"test"``: outputs among the other ids (out-of-distribution evaluation).
-        n_train_outputs: size of the training part of the output split (48 = 75 % of 65).
+        n_train_outputs: size of the training part of the output split (48 = 75 % of 65);
+            only checked and used when ``output_split`` is not ``"all"``.
         seq_len: input positions per sequence (``seq_len + 1`` tokens are sampled).
         batch_size: sequences per batch.
         device: where the batches live.
@@ -199,7 +201,8 @@ class TriggerBigramTask:
                 "triggers must be tokens that occur"
             )
         n_train = self.n_train_outputs
-        if isinstance(n_train, bool) or not isinstance(n_train, int) or not 0 < n_train < d:
+        bad_type = isinstance(n_train, bool) or not isinstance(n_train, int)
+        if bad_type or (self.output_split != "all" and not 0 < n_train < d):
             raise ValueError(f"n_train_outputs {n_train!r} is invalid; expected 0 < n < {d}")
         self.seq_len = check_positive("seq_len", self.seq_len)
         self.batch_size = check_positive("batch_size", self.batch_size)
@@ -251,26 +254,40 @@ class TriggerBigramTask:
         k, d = self.n_triggers, self.bigram.d_vocab
         if self.trigger_mode == "fixed":
             triggers = self.fixed_triggers.to(dev).expand(batch_size, k).clone()
-        elif k == 0:
-            triggers = torch.zeros((batch_size, 0), dtype=torch.int64, device=dev)
         else:
+            # Without replacement, proportional to π_u (Efraimidis–Spirakis): the k smallest
+            # keys -log(u) / π_u(v); tokens of zero probability get key +inf.
             unigram = self.bigram.unigram_counts.to(dev, torch.float64)
-            triggers = torch.multinomial(
-                unigram.expand(batch_size, d), k, replacement=False, generator=generator
-            )
+            keys = -uniforms((batch_size, d), generator).log() / unigram
+            triggers = keys.topk(k, dim=1, largest=False, sorted=True).indices
         if k == 0:
             return triggers, triggers.clone()
+        u = uniforms((batch_size, k), generator)
+        if self.output_mode == "uniform":
+            return triggers, self._uniform_outputs(triggers, u)
         allowed = self.allowed_outputs.to(dev).expand(batch_size, k, d).clone()
         if self.output_not_trigger:
             allowed.scatter_(2, triggers.unsqueeze(-1), False)
-        if self.output_mode == "bigram":
-            weights = self.bigram._conditional64().to(dev)[triggers] * allowed
-            empty = weights.sum(-1, keepdim=True) == 0
-            weights = torch.where(empty, allowed.to(weights.dtype), weights)
-        else:
-            weights = allowed.to(torch.float64)
-        outputs = torch.multinomial(weights.view(-1, d), 1, generator=generator)
+        weights = self.bigram._conditional64().to(dev)[triggers] * allowed
+        empty = weights.sum(-1, keepdim=True) == 0
+        weights = torch.where(empty, allowed.to(weights.dtype), weights)
+        outputs = inverse_cdf(weights.view(-1, d), u.view(-1))
         return triggers, outputs.view(batch_size, k)
+
+    def _uniform_outputs(self, triggers: Tensor, u: Tensor) -> Tensor:
+        """Uniform draw from the allowed outputs (minus the trigger itself if requested)."""
+        allowed = self.allowed_outputs.nonzero().flatten().to(triggers.device)  # sorted ids
+        m = allowed.numel()
+        if not self.output_not_trigger:
+            return allowed[(u * m).to(torch.int64).clamp_(max=m - 1)]
+        # Position of the trigger in the allowed list, and whether it is in it at all.
+        pos = torch.searchsorted(allowed, triggers)
+        inside = allowed[pos.clamp(max=m - 1)] == triggers
+        m_eff = m - inside.to(torch.int64)
+        index = (u * m_eff).to(torch.int64)
+        index = torch.minimum(index, m_eff - 1)
+        index += (inside & (index >= pos)).to(torch.int64)  # skip over the trigger
+        return allowed[index]
 
     def sample(
         self,
@@ -303,7 +320,7 @@ class TriggerBigramTask:
         length = check_positive("seq_len", seq_len if seq_len is not None else self.seq_len)
         prefix = self._check_prefix(trigger_free_prefix, length)
         triggers, outputs = self.sample_triggers(n, gen)
-        u = uniforms((n, length + 1), gen)
+        u = uniforms((length + 1, n), gen)  # time-major: row t drives position t
         dev = self.device
         triggers, outputs, u = triggers.to(dev), outputs.to(dev), u.to(dev)
         seq = self._chain(triggers, outputs, u, prefix)
@@ -351,7 +368,7 @@ class TriggerBigramTask:
             return segment.to(self.device)
         gen = make_generator(generator, seed)
         segment = segment.to(self.device)
-        u = uniforms((segment.batch_size, prefix_len), gen).to(self.device)
+        u = uniforms((prefix_len, segment.batch_size), gen).to(self.device)
         self._check_prefix_possible(segment.triggers)
         prefix = self._trigger_free(segment.triggers, u)
         full = torch.cat([prefix, segment.sequences], dim=1)
@@ -387,8 +404,11 @@ class TriggerBigramTask:
             raise ValueError("a trigger-free prefix is impossible: every token is a trigger")
 
     def _trigger_free(self, triggers: Tensor, u: Tensor) -> Tensor:
-        """Bigram chain of ``u.shape[1]`` tokens that never emits a sequence's trigger."""
-        n, length = u.shape
+        """Bigram chain of ``u.shape[0]`` tokens that never emits a sequence's trigger.
+
+        ``u`` is time-major ``[steps, batch]``; returns ``[batch, steps]``.
+        """
+        length, n = u.shape
         d = self.bigram.d_vocab
         dev = u.device
         allowed = torch.ones((n, d), dtype=torch.bool, device=dev)
@@ -396,42 +416,31 @@ class TriggerBigramTask:
         unigram = self.bigram.unigram_counts.to(dev, torch.float64) * allowed
         cond = self.bigram._conditional64().to(dev)
         out = torch.empty((n, length), dtype=torch.int64, device=dev)
-        prev = inverse_cdf(unigram, u[:, 0])
+        prev = inverse_cdf(unigram, u[0])
         out[:, 0] = prev
         for t in range(1, length):
             weights = cond.index_select(0, prev) * allowed
             empty = weights.sum(-1, keepdim=True) == 0
             weights = torch.where(empty, unigram, weights)
-            prev = inverse_cdf(weights, u[:, t])
+            prev = inverse_cdf(weights, u[t])
             out[:, t] = prev
         return out
 
     def _chain(self, triggers: Tensor, outputs: Tensor, u: Tensor, prefix: int) -> Tensor:
-        """Run the trigger process for ``u.shape[1]`` tokens; the first ``prefix`` are free."""
-        n, total = u.shape
+        """Run the trigger process for ``u.shape[0]`` tokens; the first ``prefix`` are free."""
+        total, n = u.shape
         d = self.bigram.d_vocab
-        dev = u.device
-        first, rows = self.bigram.tables(dev)
-        # override[b, v] = output of v if v is a trigger of sequence b, else -1.
-        override = torch.full((n, d), -1, dtype=torch.int64, device=dev)
-        override.scatter_(1, triggers, outputs)
-        seq = torch.empty((n, total), dtype=torch.int64, device=dev)
+        tables = self.bigram.tables(u.device)
+        # After token v, sequence b uses bigram row v, or row d + o (always o) if v is a trigger
+        # of b with output o.
+        row_of = torch.arange(d, device=u.device).expand(n, d).clone()
+        row_of.scatter_(1, triggers, outputs + d)
         if prefix > 0:
-            seq[:, :prefix] = self._trigger_free(triggers, u[:, :prefix])
-            prev = seq[:, prefix - 1]
-            start = prefix
-        else:
-            prev = torch.searchsorted(first, u[:, 0].contiguous(), right=True)
-            seq[:, 0] = prev
-            start = 1
-        flat = override.view(-1)
-        base = torch.arange(n, device=dev) * d
-        for t in range(start, total):
-            nxt = torch.searchsorted(rows.index_select(0, prev), u[:, t : t + 1], right=True)
-            forced = flat.index_select(0, prev + base)
-            prev = torch.where(forced >= 0, forced, nxt.squeeze(1))
-            seq[:, t] = prev
-        return seq
+            head = self._trigger_free(triggers, u[:prefix])
+            tail = run_chain(tables, head[:, -1], u[prefix:], row_of)
+            return torch.cat([head, tail[:, 1:]], dim=1)
+        first = torch.searchsorted(tables.first, u[0], right=True)
+        return run_chain(tables, first, u[1:], row_of)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
