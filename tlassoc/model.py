@@ -154,8 +154,8 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         batch, n_pos, _ = x.shape
-        if cfg.identity_query:
-            q = einops.repeat(x, "b p d -> b p h d", h=cfg.n_heads)
+        if cfg.identity_query:  # a copy, so that hooks editing q in place never touch x
+            q = x[:, :, None, :].repeat(1, 1, cfg.n_heads, 1)
         else:
             q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
         q = self.hook_q(q)

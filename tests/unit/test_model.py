@@ -213,3 +213,18 @@ def test_layer_norm_and_ffn_model_trains_all_parts():
     loss = model(tokens(pos=16), return_type="loss")
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_identity_query_hook_edits_stay_in_their_head():
+    model = AssocTransformer(AssocConfig(d_model=16, n_heads=1, n_ctx=8, identity_query=True))
+    toks = tokens(pos=6)
+    _, clean = model.run_with_cache(toks)
+
+    def zero_query(q, hook):
+        q[:] = 0.0  # in place, as TransformerLens's patch setters do
+        return q
+
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", zero_query)]):
+        _, edited = model.run_with_cache(toks)
+    torch.testing.assert_close(edited["blocks.0.hook_resid_pre"], clean["blocks.0.hook_resid_pre"])
+    assert edited["blocks.0.attn.hook_q"].abs().sum() == 0
