@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
-                   ) -> dict[str, float]:
+def median_seconds(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
     """Median wall time of each function, calls interleaved so machine noise hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -51,6 +52,11 @@ def peak_rss_mib(code: str) -> float:
         step()
         sys.stdout.write(str((_status("VmHWM:") - before) / 1024))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, cwd=str(Path(__file__).parent))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(Path(__file__).parent),
+    )
     return float(out.stdout.strip().splitlines()[-1])

@@ -20,8 +20,14 @@ import torch.nn as nn
 
 
 class PlainSimplifiedTransformer(nn.Module):
-    def __init__(self, d_model: int = 128, n_ctx: int = 512, d_vocab: int = 65, n_layers: int = 2,
-                 seed: int = 0):
+    def __init__(
+        self,
+        d_model: int = 128,
+        n_ctx: int = 512,
+        d_vocab: int = 65,
+        n_layers: int = 2,
+        seed: int = 0,
+    ):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         std = 1.0 / math.sqrt(d_model)
@@ -41,7 +47,7 @@ class PlainSimplifiedTransformer(nn.Module):
         n = tokens.shape[1]
         x = self.W_E[tokens] + self.W_pos[:n]
         mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).triu(1)
-        for W_K, W_V, W_O in zip(self.W_K, self.W_V, self.W_O):
+        for W_K, W_V, W_O in zip(self.W_K, self.W_V, self.W_O, strict=True):
             scores = (x @ (x @ W_K).transpose(1, 2)) / self.scale
             pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
             x = x + pattern @ (x @ W_V) @ W_O

@@ -10,7 +10,8 @@ the same run with interleaved repeats (median):
 Targets: APE / plain <= 1.15 and RPE / APE <= 1.3. Peak memory of one step (growth of the
 process's resident set, each model in a fresh process) is reported for all three.
 
-Run: ``python benchmarks/bench_model.py [--repeats N] [--threads N]``; exits 1 if a target is missed.
+Run: ``python benchmarks/bench_model.py [--repeats N] [--threads N]``; exits 1 if a target is
+missed.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def setup():
     tokens = torch.randint(0, 65, ({batch}, {seq}), generator=torch.Generator().manual_seed(0))
 def step():
     logits = model(tokens)
-    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 65), tokens[:, 1:].reshape(-1)).backward()
+    flat_logits, flat_targets = logits[:, :-1].reshape(-1, 65), tokens[:, 1:].reshape(-1)
+    loss = torch.nn.functional.cross_entropy(flat_logits, flat_targets)
+    loss.backward()
 """
 
 CONSTRUCTORS = {
@@ -78,15 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     times = median_seconds({k: make_step(m, tokens) for k, m in models.items()}, args.repeats)
     memory = {
-        name: peak_rss_mib(_MEMORY_CODE.format(threads=args.threads, ctor=ctor, batch=BATCH,
-                                               seq=SEQ))
+        name: peak_rss_mib(
+            _MEMORY_CODE.format(threads=args.threads, ctor=ctor, batch=BATCH, seq=SEQ)
+        )
         for name, ctor in CONSTRUCTORS.items()
     }
-    print(f"forward+backward, batch {BATCH}, length {SEQ}, d_model {D_MODEL}, "
-          f"{args.threads} threads, median of {args.repeats}")
+    print(
+        f"forward+backward, batch {BATCH}, length {SEQ}, d_model {D_MODEL}, "
+        f"{args.threads} threads, median of {args.repeats}"
+    )
     for name in models:
-        print(f"  {name:12s} {times[name] * 1e3:8.1f} ms/step   peak memory of a step "
-              f"{memory[name]:7.1f} MiB")
+        print(
+            f"  {name:12s} {times[name] * 1e3:8.1f} ms/step   peak memory of a step "
+            f"{memory[name]:7.1f} MiB"
+        )
     ratios = {
         "tlassoc APE / plain": (times["tlassoc APE"] / times["plain"], 1.15),
         "tlassoc RPE / tlassoc APE": (times["tlassoc RPE"] / times["tlassoc APE"], 1.3),
@@ -95,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (ratio, target) in ratios.items():
         passed = ratio <= target
         ok &= passed
-        print(f"  {name:26s} ratio {ratio:5.3f}  (target <= {target})  "
-              f"{'PASS' if passed else 'FAIL'}")
+        print(
+            f"  {name:26s} ratio {ratio:5.3f}  (target <= {target})  {'PASS' if passed else 'FAIL'}"
+        )
     return 0 if ok else 1
 
 

@@ -7,11 +7,14 @@ Example:
     ['T', 'o', ' ', 'b', 'e']
 """
 
-from tlassoc import presets
+from tlassoc import presets, train
 from tlassoc.config import AssocConfig
 from tlassoc.data import AnalogyTask, BigramModel, TriggerBatch, TriggerBigramTask
 from tlassoc.model import AssocTransformer, CheckpointError
+from tlassoc.onestep import one_step_train
+from tlassoc.pretrained import HubUnavailableError
 from tlassoc.tokenizer import CharTokenizer, WordTokenizer
+from tlassoc.train import TrainConfig, TrainResult
 
 __version__ = "0.1.0"
 
@@ -22,9 +25,14 @@ __all__ = [
     "BigramModel",
     "CharTokenizer",
     "CheckpointError",
+    "HubUnavailableError",
+    "TrainConfig",
+    "TrainResult",
     "TriggerBatch",
     "TriggerBigramTask",
     "WordTokenizer",
+    "one_step_train",
     "__version__",
     "presets",
+    "train",
 ]

@@ -25,5 +25,11 @@ if TL_MAJOR >= 4:
 else:  # 3.x keeps it in hook_points
     from transformer_lens.hook_points import HookedRootModule  # type: ignore[no-redef]
 
-__all__ = ["TL_MAJOR", "TL_VERSION", "ActivationCache", "FactoredMatrix", "HookPoint",
-           "HookedRootModule"]
+__all__ = [
+    "TL_MAJOR",
+    "TL_VERSION",
+    "ActivationCache",
+    "FactoredMatrix",
+    "HookPoint",
+    "HookedRootModule",
+]

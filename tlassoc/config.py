@@ -27,8 +27,12 @@ RELATIVE_FORMS = ("vector", "bias")
 FFN_TYPES = (None, "linear", "relu")
 NORMALIZATION_TYPES = (None, "LN")
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
@@ -126,8 +130,7 @@ class AssocConfig:
     post_embedding_ln: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_ctx", "n_heads", "d_vocab",
-                     "max_relative_distance"):
+        for name in ("n_layers", "d_model", "n_ctx", "n_heads", "d_vocab", "max_relative_distance"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}; expected a positive integer")
@@ -146,11 +149,15 @@ class AssocConfig:
                 f"{POSITIONAL_TYPES}"
             )
         if self.relative_form not in RELATIVE_FORMS:
-            raise ValueError(f"relative_form={self.relative_form!r}; expected one of {RELATIVE_FORMS}")
+            raise ValueError(
+                f"relative_form={self.relative_form!r}; expected one of {RELATIVE_FORMS}"
+            )
         self.relative_layers = _as_int_tuple("relative_layers", self.relative_layers)
         self._check_layers("relative_layers", self.relative_layers)
         if self.positional_embedding_type == "relative" and not self.relative_layers:
-            raise ValueError("positional_embedding_type='relative' needs at least one relative layer")
+            raise ValueError(
+                "positional_embedding_type='relative' needs at least one relative layer"
+            )
         if self.ffn_type not in FFN_TYPES:
             raise ValueError(f"ffn_type={self.ffn_type!r}; expected one of {FFN_TYPES}")
         if self.ffn_layers is None:
@@ -200,7 +207,9 @@ class AssocConfig:
     def _check_layers(self, name: str, layers: tuple[int, ...]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
-            raise ValueError(f"{name} has layer {bad[0]}; expected 0 <= layer < n_layers={self.n_layers}")
+            raise ValueError(
+                f"{name} has layer {bad[0]}; expected 0 <= layer < n_layers={self.n_layers}"
+            )
 
     # --- derived values TransformerLens reads -------------------------------------------------
     @property
@@ -251,7 +260,9 @@ class AssocConfig:
         names = {f.name for f in dataclasses.fields(cls)} - _CONSTANT_FIELDS
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown AssocConfig field(s) {unknown}; expected a subset of {sorted(names)}")
+            raise ValueError(
+                f"unknown AssocConfig field(s) {unknown}; expected a subset of {sorted(names)}"
+            )
         return cls(**data)
 
     def replace(self, **changes: Any) -> AssocConfig:
@@ -265,8 +276,9 @@ class AssocConfig:
             32
         """
         data = self.to_dict()
-        defaults = AssocConfig(**{k: data[k] for k in ("n_layers", "d_model", "n_heads",
-                                                        "ffn_type")})
+        defaults = AssocConfig(
+            **{k: data[k] for k in ("n_layers", "d_model", "n_heads", "ffn_type")}
+        )
         for name in ("d_head", "init_std", "d_mlp", "ffn_layers"):
             if name not in changes and getattr(self, name) == getattr(defaults, name):
                 data[name] = None
@@ -275,7 +287,15 @@ class AssocConfig:
 
 
 _CONSTANT_FIELDS = {
-    "n_key_value_heads", "attention_dir", "original_architecture", "use_split_qkv_input",
-    "use_attn_in", "use_hook_mlp_in", "use_local_attn", "gated_mlp", "final_rms",
-    "parallel_attn_mlp", "post_embedding_ln",
+    "n_key_value_heads",
+    "attention_dir",
+    "original_architecture",
+    "use_split_qkv_input",
+    "use_attn_in",
+    "use_hook_mlp_in",
+    "use_local_attn",
+    "gated_mlp",
+    "final_rms",
+    "parallel_attn_mlp",
+    "post_embedding_ln",
 }

@@ -75,8 +75,9 @@ def _tl_mlp_width(model: AssocTransformer) -> int | None:
 def _positions(model: AssocTransformer) -> Tensor:
     if model.cfg.positional_embedding_type == "standard":
         return model.W_pos
-    return torch.zeros(model.cfg.n_ctx, model.cfg.d_model, dtype=model.W_E.dtype,
-                       device=model.W_E.device)
+    return torch.zeros(
+        model.cfg.n_ctx, model.cfg.d_model, dtype=model.W_E.dtype, device=model.W_E.device
+    )
 
 
 def _tokenizer(model: AssocTransformer) -> Any:
@@ -177,7 +178,10 @@ def _to_bridge(model: AssocTransformer) -> Any:
         dtype=cfg.dtype,
     )
     bridge = TransformerBridge.boot_native(
-        bridge_cfg, tokenizer=_tokenizer(model), device=cfg.device, dtype=cfg.dtype,
+        bridge_cfg,
+        tokenizer=_tokenizer(model),
+        device=cfg.device,
+        dtype=cfg.dtype,
         model_name=cfg.model_name,
     )
     native = bridge.original_model

@@ -87,7 +87,8 @@ class RelEmbed(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """TransformerLens's LayerNorm (centre, scale, affine) with ``hook_scale``/``hook_normalized``."""
+    """TransformerLens's LayerNorm (centre, scale, affine), with ``hook_scale`` and
+    ``hook_normalized``."""
 
     def __init__(self, cfg: AssocConfig):
         super().__init__()
@@ -258,8 +259,14 @@ class Unembed(nn.Module):
 def possible_parameter_names(cfg: AssocConfig) -> list[str]:
     """Every parameter name a model of this shape could have, whatever its positional encoding
     (used to check ``frozen``/``zero_init`` patterns)."""
-    names = ["embed.W_E", "pos_embed.W_pos", "rel_embed.W_rel", "unembed.W_U", "ln_final.w",
-             "ln_final.b"]
+    names = [
+        "embed.W_E",
+        "pos_embed.W_pos",
+        "rel_embed.W_rel",
+        "unembed.W_U",
+        "ln_final.w",
+        "ln_final.b",
+    ]
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}"
         names += [f"{p}.attn.{w}" for w in ("W_Q", "W_K", "W_V", "W_O", "b_rel")]
@@ -292,9 +299,7 @@ class AssocTransformer(HookedRootModule):
         if tokenizer is None and cfg.d_vocab == 65:
             tokenizer = CharTokenizer.tiny_shakespeare()
         if tokenizer is not None and len(tokenizer) != cfg.d_vocab:
-            raise ValueError(
-                f"tokenizer has {len(tokenizer)} tokens but cfg.d_vocab={cfg.d_vocab}"
-            )
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but cfg.d_vocab={cfg.d_vocab}")
         self.tokenizer = tokenizer
 
         self.embed = Embed(cfg)
@@ -627,7 +632,7 @@ class AssocTransformer(HookedRootModule):
 
     @property
     def QK(self) -> FactoredMatrix:
-        """``W_Q W_K^T`` per layer and head, as a ``FactoredMatrix`` ``[n_layers, n_heads, d, d]``."""
+        """``W_Q W_K^T`` per layer and head: a ``FactoredMatrix`` ``[n_layers, n_heads, d, d]``."""
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     @property
@@ -711,7 +716,9 @@ class AssocTransformer(HookedRootModule):
         try:
             state = st_load(raw)
         except (SafetensorError, Exception) as err:  # noqa: B014 - report any parse failure
-            raise CheckpointError(f"{weights_path} is not a valid safetensors file: {err}") from None
+            raise CheckpointError(
+                f"{weights_path} is not a valid safetensors file: {err}"
+            ) from None
         cfg_dict = dict(meta["config"])
         if device is not None:
             cfg_dict["device"] = device

@@ -49,20 +49,28 @@ def bietti_simplified(**overrides: Any) -> AssocConfig:
     Trainable: ``W_K`` of both layers and ``W_O`` of layer 1; everything else frozen at random
     init. Add ``ffn_type="linear"`` for the feed-forward bigram memory.
     """
-    return _simplified(**{"d_model": 256, "n_ctx": 256, "model_name": "bietti_simplified",
-                          **overrides})
+    return _simplified(
+        **{"d_model": 256, "n_ctx": 256, "model_name": "bietti_simplified", **overrides}
+    )
 
 
 def ape(**overrides: Any) -> AssocConfig:
     """The simplified two-layer model with absolute positions ``x_t = w_E(z_t) + p_t`` (d = 128)."""
-    return _simplified(**{"positional_embedding_type": "standard", "model_name": "ape",
-                          **overrides})
+    return _simplified(
+        **{"positional_embedding_type": "standard", "model_name": "ape", **overrides}
+    )
 
 
 def rpe(**overrides: Any) -> AssocConfig:
     """The simplified two-layer model with relative positions in layer 0 (key side, d = 128)."""
-    return _simplified(**{"positional_embedding_type": "relative", "relative_layers": (0,),
-                          "model_name": "rpe", **overrides})
+    return _simplified(
+        **{
+            "positional_embedding_type": "relative",
+            "relative_layers": (0,),
+            "model_name": "rpe",
+            **overrides,
+        }
+    )
 
 
 def nope(**overrides: Any) -> AssocConfig:

@@ -30,14 +30,18 @@ def main(argv: list[str] | None = None) -> int:
         model = AssocTransformer(cfg).eval()
         tokens = model.to_tokens(PROMPT)
         logits, cache = model.run_with_cache(tokens)
-        print(f"{cfg.model_name}: {sum(p.numel() for p in model.parameters())} parameters, "
-              f"trainable {model.trainable_parameter_names()}")
-        print(f"  logits {tuple(logits.shape)}, {len(cache)} cached activations, "
-              f"layer-0 pattern {tuple(cache['pattern', 0].shape)}")
+        print(
+            f"{cfg.model_name}: {sum(p.numel() for p in model.parameters())} parameters, "
+            f"trainable {model.trainable_parameter_names()}"
+        )
+        print(
+            f"  logits {tuple(logits.shape)}, {len(cache)} cached activations, "
+            f"layer-0 pattern {tuple(cache['pattern', 0].shape)}"
+        )
         corrupted = tokens.roll(1, dims=1)
 
-        def metric(patched_logits: torch.Tensor) -> torch.Tensor:
-            return patched_logits[0, -1].log_softmax(-1)[tokens[0, -1]]
+        def metric(patched_logits: torch.Tensor, answer: int = int(tokens[0, -1])) -> torch.Tensor:
+            return patched_logits[0, -1].log_softmax(-1)[answer]
 
         effect = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)
         print(f"  head-output patching effect per (layer, head): {effect.flatten().tolist()}")

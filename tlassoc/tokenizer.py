@@ -19,9 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 #: The 65 distinct characters of Tiny Shakespeare, sorted by code point (token id = index).
-TINY_SHAKESPEARE_VOCAB: str = (
-    "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
+TINY_SHAKESPEARE_VOCAB: str = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class _BaseTokenizer(ABC):

@@ -20,7 +20,9 @@ def test_round_trip_is_bit_exact(model, tmp_path):
     model.save(tmp_path / "ckpt")
     loaded = AssocTransformer.load(tmp_path / "ckpt")
     assert loaded.cfg == model.cfg and loaded.tokenizer == model.tokenizer
-    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (n1, p1), (n2, p2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert n1 == n2 and p1.dtype == p2.dtype and torch.equal(p1, p2)
     assert loaded.trainable_parameter_names() == model.trainable_parameter_names()
     toks = torch.randint(0, 65, (2, 40))

@@ -10,10 +10,12 @@ from tlassoc._tl import TL_MAJOR
 CONFIGS = {
     "ape": presets.ape(d_model=32, n_ctx=48),
     "nope": presets.nope(d_model=32, n_ctx=48),
-    "relu+LN+heads": AssocConfig(d_model=32, n_heads=4, n_ctx=48, ffn_type="relu",
-                                 normalization_type="LN"),
-    "linear ffn in layer 0": AssocConfig(d_model=32, n_heads=2, n_ctx=48, ffn_type="linear",
-                                         ffn_layers=(0,)),
+    "relu+LN+heads": AssocConfig(
+        d_model=32, n_heads=4, n_ctx=48, ffn_type="relu", normalization_type="LN"
+    ),
+    "linear ffn in layer 0": AssocConfig(
+        d_model=32, n_heads=2, n_ctx=48, ffn_type="linear", ffn_layers=(0,)
+    ),
 }
 
 
@@ -37,5 +39,7 @@ def test_copy_tokenizes_like_the_model():
 
 
 def test_relative_positions_cannot_be_converted():
-    with pytest.raises(ValueError, match="positional_embedding_type='relative' cannot be expressed"):
+    with pytest.raises(
+        ValueError, match="positional_embedding_type='relative' cannot be expressed"
+    ):
         AssocTransformer(presets.rpe(d_model=16, n_ctx=16)).to_transformer_lens()

@@ -10,8 +10,7 @@ import tlassoc
 
 SKIP = {"tlassoc.__main__", "tlassoc.cli", "tlassoc.quickstart", "tlassoc.data.build_tables"}
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(tlassoc.__path__, prefix="tlassoc.")
-    if m.name not in SKIP
+    m.name for m in pkgutil.walk_packages(tlassoc.__path__, prefix="tlassoc.") if m.name not in SKIP
 )
 
 

@@ -23,8 +23,9 @@ def tokens(batch=2, pos=20, seed=0):
 
 
 def test_weight_shapes_follow_transformer_lens():
-    cfg = AssocConfig(d_model=32, n_heads=4, n_ctx=16, ffn_type="relu",
-                      positional_embedding_type="standard")
+    cfg = AssocConfig(
+        d_model=32, n_heads=4, n_ctx=16, ffn_type="relu", positional_embedding_type="standard"
+    )
     m = AssocTransformer(cfg)
     assert m.W_E.shape == (65, 32) and m.W_pos.shape == (16, 32) and m.W_U.shape == (32, 65)
     assert m.W_Q.shape == m.W_K.shape == m.W_V.shape == (2, 4, 32, 8)
@@ -44,12 +45,15 @@ def test_same_seed_same_bits_and_frozen_parts():
     a = AssocTransformer(presets.rpe(**small()))
     torch.manual_seed(123)  # global RNG must not matter
     b = AssocTransformer(presets.rpe(**small()))
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)
     c = AssocTransformer(presets.rpe(**small(seed=2)))
     assert not torch.equal(a.W_E, c.W_E)
     assert a.trainable_parameter_names() == [
-        "blocks.0.attn.W_K", "blocks.1.attn.W_K", "blocks.1.attn.W_O"]
+        "blocks.0.attn.W_K",
+        "blocks.1.attn.W_K",
+        "blocks.1.attn.W_O",
+    ]
     z = AssocTransformer(presets.rpe(**small(zero_init=("blocks.*.attn.W_K",))))
     assert z.W_K.abs().sum() == 0 and z.W_E.abs().sum() > 0
 
@@ -77,18 +81,22 @@ def naive_scores(model, toks, layer=0):
 def test_efficient_relative_term_equals_naive_reference(rpe):
     toks = tokens(pos=30)
     _, cache = rpe.run_with_cache(toks)
-    torch.testing.assert_close(cache["blocks.0.attn.hook_attn_scores"][:, 0],
-                               naive_scores(rpe, toks), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cache["blocks.0.attn.hook_attn_scores"][:, 0], naive_scores(rpe, toks), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_efficient_relative_term_with_clipping_and_trained_query():
-    cfg = presets.rpe(**small(identity_query=False, max_relative_distance=5, n_heads=1,
-                              frozen=()))
+    cfg = presets.rpe(**small(identity_query=False, max_relative_distance=5, n_heads=1, frozen=()))
     model = AssocTransformer(cfg)
     toks = tokens(pos=25)
     _, cache = model.run_with_cache(toks)
-    torch.testing.assert_close(cache["blocks.0.attn.hook_attn_scores"][:, 0],
-                               naive_scores(model, toks), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cache["blocks.0.attn.hook_attn_scores"][:, 0],
+        naive_scores(model, toks),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_bias_form_adds_one_scalar_per_distance():
@@ -112,8 +120,11 @@ def test_relative_scores_are_shift_invariant(rpe):
     ape = AssocTransformer(presets.ape(**small())).eval()
     _, s2 = ape.run_with_cache(toks)
     _, l2 = ape.run_with_cache(torch.cat([prefix, toks], dim=1))
-    assert not torch.allclose(s2["blocks.0.attn.hook_attn_scores"][0, 0],
-                              l2["blocks.0.attn.hook_attn_scores"][0, 0, 7:, 7:], atol=1e-3)
+    assert not torch.allclose(
+        s2["blocks.0.attn.hook_attn_scores"][0, 0],
+        l2["blocks.0.attn.hook_attn_scores"][0, 0, 7:, 7:],
+        atol=1e-3,
+    )
 
 
 def test_relative_model_runs_beyond_n_ctx(rpe):
@@ -131,23 +142,26 @@ def test_hook_attn_scores_is_the_true_pre_softmax_score(rpe):
         out[..., 0] = 0.0
         return out
 
-    patched = rpe.run_with_hooks(toks, fwd_hooks=[("blocks.0.attn.hook_attn_scores",
-                                                    force_first_token)])
+    patched = rpe.run_with_hooks(
+        toks, fwd_hooks=[("blocks.0.attn.hook_attn_scores", force_first_token)]
+    )
     assert (patched - logits).abs().max() > 1e-3
 
 
 def test_hook_result_sums_to_attention_output():
     model = AssocTransformer(AssocConfig(d_model=32, n_heads=4, n_ctx=16, use_attn_result=True))
     _, cache = model.run_with_cache(tokens(pos=10))
-    torch.testing.assert_close(cache["blocks.1.attn.hook_result"].sum(2),
-                               cache["blocks.1.hook_attn_out"])
+    torch.testing.assert_close(
+        cache["blocks.1.attn.hook_result"].sum(2), cache["blocks.1.hook_attn_out"]
+    )
 
 
 def test_loss_and_return_types(rpe):
     toks = tokens(pos=16)
     logits, loss = rpe(toks, return_type="both")
-    manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 65),
-                                               toks[:, 1:].reshape(-1))
+    manual = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 65), toks[:, 1:].reshape(-1)
+    )
     torch.testing.assert_close(loss, manual)
     assert rpe(toks, return_type="loss", loss_per_token=True).shape == (2, 15)
     assert rpe(toks, return_type=None) is None
@@ -208,8 +222,9 @@ def test_generate_greedy_and_seeded_sampling(rpe):
 
 
 def test_layer_norm_and_ffn_model_trains_all_parts():
-    model = AssocTransformer(AssocConfig(d_model=32, n_heads=2, n_ctx=16, ffn_type="relu",
-                                         normalization_type="LN"))
+    model = AssocTransformer(
+        AssocConfig(d_model=32, n_heads=2, n_ctx=16, ffn_type="relu", normalization_type="LN")
+    )
     loss = model(tokens(pos=16), return_type="loss")
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())

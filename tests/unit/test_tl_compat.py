@@ -1,4 +1,4 @@
-"""TransformerLens's own tools on tlassoc models, on whichever TransformerLens major is installed."""
+"""TransformerLens's own tools on tlassoc models, on the installed TransformerLens major."""
 
 import circuitsvis
 import pytest
@@ -9,7 +9,9 @@ from tlassoc import AssocConfig, AssocTransformer, presets
 
 CONFIGS = {
     "rpe": presets.rpe(d_model=32, n_ctx=64),
-    "ape-2heads": AssocConfig(d_model=32, n_heads=2, n_ctx=64, positional_embedding_type="standard"),
+    "ape-2heads": AssocConfig(
+        d_model=32, n_heads=2, n_ctx=64, positional_embedding_type="standard"
+    ),
 }
 
 
@@ -56,6 +58,7 @@ def test_head_output_patching_by_position_matches_hand_hooks(name):
         hook = f"blocks.{layer}.attn.hook_z"
         for pos in range(n_pos):
             for head in range(n_heads):
+
                 def edit(z, hook, pos=pos, head=head, hook_name=hook):
                     z[:, pos, head] = cache[hook_name][:, pos, head]
                     return z
@@ -76,6 +79,7 @@ def test_pattern_patching_per_head_matches_hand_hooks(name):
     for layer in range(model.cfg.n_layers):
         hook = f"blocks.{layer}.attn.hook_pattern"
         for head in range(model.cfg.n_heads):
+
             def edit(p, hook, head=head, hook_name=hook):
                 p[:, head] = cache[hook_name][:, head]
                 return p
@@ -108,8 +112,9 @@ def test_factored_matrix_circuits_and_eigenvalues():
     assert full_ov.shape == (2, 2, 65, 65)
     eig = ov.eigenvalues
     assert eig.shape == (2, 2, 16)  # the non-zero spectrum, from the d_head x d_head product
-    torch.testing.assert_close(eig.sum(-1).real, ov.AB.diagonal(dim1=-2, dim2=-1).sum(-1),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        eig.sum(-1).real, ov.AB.diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_circuitsvis_renders_the_cached_pattern():
@@ -128,5 +133,6 @@ def test_activation_cache_helpers():
     stacked = cache.stack_head_results(layer=-1)
     assert stacked.shape == (4, 2, 10, 32)
     decomposed = cache.decompose_resid(layer=None)
-    torch.testing.assert_close(decomposed.sum(0), cache["blocks.1.hook_resid_post"],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        decomposed.sum(0), cache["blocks.1.hook_resid_post"], rtol=1e-5, atol=1e-5
+    )

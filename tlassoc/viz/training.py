@@ -1,0 +1,122 @@
+"""Matplotlib figures of training runs: per-position curves and probes over training.
+
+Uses the Agg backend when no display is available; every figure is written atomically as PNG.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.png"
+    >>> _ = plot_per_position({"RPE": [None, 1.0, 1.0]}, p, train_len=2)
+    >>> p.exists()
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tlassoc._io import atomic_write_bytes
+
+PROBE_KEYS = ("probe_wo2", "probe_wk2", "probe_wk1", "acc_ge2", "prev_token_acc")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # noqa: BLE001 - a backend already in use stays
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _smooth(values: Sequence[float | None], window: int) -> list[float]:
+    vals = [float("nan") if v is None else float(v) for v in values]
+    if window <= 1:
+        return vals
+    out = []
+    for i in range(len(vals)):
+        chunk = [v for v in vals[max(0, i - window + 1) : i + 1] if v == v]
+        out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+    return out
+
+
+def plot_per_position(
+    curves: Mapping[str, Sequence[float | None]],
+    path: str | os.PathLike[str],
+    train_len: int | None = None,
+    ylabel: str = "accuracy",
+    title: str = "",
+    smooth: int = 1,
+) -> Path:
+    """One line per model of a per-position quantity, with the training length marked.
+
+    Args:
+        curves: Name -> values per position (``None``/NaN where undefined).
+        path: PNG file to write.
+        train_len: Draw a vertical line at this position.
+        ylabel: Y-axis label.
+        title: Figure title.
+        smooth: Trailing moving-average window.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, values in curves.items():
+        ax.plot(range(len(values)), _smooth(values, smooth), label=name, lw=1.2)
+    if train_len is not None:
+        ax.axvline(train_len, color="gray", ls="--", lw=1, label=f"T_train = {train_len}")
+    ax.set_xlabel("position t")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_probes_over_training(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike[str],
+    keys: Sequence[str] = PROBE_KEYS,
+) -> Path:
+    """Memory recall probes and accuracies against the training step, one panel per model.
+
+    Args:
+        histories: Model name -> the ``history`` records of :func:`tlassoc.train.train`.
+        path: PNG file to write.
+        keys: Record keys to draw (missing ones are skipped).
+    """
+    plt = _plt()
+    n = max(1, len(histories))
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8), squeeze=False)
+    for ax, (name, hist) in zip(axes[0], histories.items(), strict=False):
+        steps = [r["step"] for r in hist]
+        for key in keys:
+            if any(key in r for r in hist):
+                ax.plot(steps, [r.get(key, float("nan")) for r in hist], label=key, marker=".")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["plot_per_position", "plot_probes_over_training"]
