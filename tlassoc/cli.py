@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--d-model", type=_positive_int)
     r.add_argument("--lr", type=_positive_float)
     r.add_argument("--seed", type=_nonneg_int)
+    r.add_argument(
+        "--relative-form",
+        choices=("vector", "bias"),
+        help="RPE model's relative term: frozen vector r_(t-s) (default) or learned bias",
+    )
+    r.add_argument(
+        "--max-relative-distance",
+        type=_positive_int,
+        help="RPE distances; t-s is clipped at this minus 1 (default 64)",
+    )
     r.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -154,6 +164,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             d_model=args.d_model,
             lr=args.lr,
             seed=args.seed,
+            relative_form=args.relative_form,
+            max_relative_distance=args.max_relative_distance,
         ).items()
         if v is not None
     }

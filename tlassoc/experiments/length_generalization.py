@@ -37,6 +37,7 @@ from tlassoc._io import atomic_write_json, atomic_write_text
 from tlassoc.memory.probes import previous_token_accuracy
 
 ENCODINGS = ("rpe", "ape")
+RELATIVE_FORMS = ("vector", "bias")
 
 
 @dataclass
@@ -63,6 +64,11 @@ class LengthGenConfig:
         log_every: Metrics/probes logging interval during training.
         seed: Seed of the weights, the training data and the evaluation data.
         html_len: Length of the sequence drawn with circuitsvis.
+        relative_form: Form of the RPE model's relative term: ``"vector"`` (a frozen random
+            vector ``r_{t-s}`` on the key side, PAPER.md §2) or ``"bias"`` (a learned scalar per
+            distance, T5-style). See docs/training.md for why the choice matters here.
+        max_relative_distance: Number of distances of the RPE model; ``t - s`` is clipped at
+            ``max_relative_distance - 1``.
     """
 
     train_len: int = 128
@@ -79,6 +85,8 @@ class LengthGenConfig:
     log_every: int = 25
     seed: int = 0
     html_len: int = 256
+    relative_form: str = "vector"
+    max_relative_distance: int = 64
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +99,7 @@ class LengthGenConfig:
             "log_every",
             "html_len",
             "n_triggers",
+            "max_relative_distance",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -106,6 +115,10 @@ class LengthGenConfig:
             )
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r}; expected a positive number")
+        if self.relative_form not in RELATIVE_FORMS:
+            raise ValueError(
+                f"relative_form={self.relative_form!r}; expected one of {list(RELATIVE_FORMS)}"
+            )
 
     @property
     def n_ctx(self) -> int:
@@ -252,8 +265,17 @@ def run(
     models: dict[str, dict[str, Any]] = {}
     trained = {}
     for enc in ENCODINGS:
-        make = presets.rpe if enc == "rpe" else presets.ape
-        model = AssocTransformer(make(d_model=cfg.d_model, n_ctx=cfg.n_ctx, seed=cfg.seed))
+        if enc == "rpe":
+            model_cfg = presets.rpe(
+                d_model=cfg.d_model,
+                n_ctx=cfg.n_ctx,
+                seed=cfg.seed,
+                relative_form=cfg.relative_form,
+                max_relative_distance=cfg.max_relative_distance,
+            )
+        else:
+            model_cfg = presets.ape(d_model=cfg.d_model, n_ctx=cfg.n_ctx, seed=cfg.seed)
+        model = AssocTransformer(model_cfg)
         tcfg = TrainConfig(
             steps=cfg.steps,
             batch_size=cfg.batch_size,
@@ -338,7 +360,10 @@ def _report(res: LengthGenResult) -> str:
         f"Simplified two-layer model (d_model {c['d_model']}, frozen embeddings/positions/"
         f"unembedding), trained at length {c['train_len']} for {c['steps']} steps "
         f"({c['optimizer']}, lr {c['lr']}, batch {c['batch_size']}, loss on {c['loss_on']}), "
-        f"evaluated at {', '.join(map(str, c['eval_lens']))}. Seed {c['seed']}. "
+        f"evaluated at {', '.join(map(str, c['eval_lens']))}. RPE: relative "
+        f"{c.get('relative_form', 'vector')} form, distances clipped at "
+        f"{c.get('max_relative_distance', 64) - 1}. "
+        f"Seed {c['seed']}. "
         f"Wall time {res.seconds:.0f} s on {platform.machine()} "
         f"({torch.get_num_threads()} torch threads).",
         "",
