@@ -8,6 +8,7 @@ import math
 import pytest
 
 from tlassoc.cli import main
+from tlassoc.experiments.length_generalization import LengthGenConfig
 
 
 @pytest.mark.slow
@@ -43,3 +44,14 @@ def test_reproduce_quick_writes_everything(tmp_path, capsys):
     for enc in ("rpe", "ape"):
         html = (tmp_path / f"attention_{enc}.html").read_text()
         assert "<div" in html or "<script" in html
+
+
+def test_relative_options_are_validated_and_default_to_the_vector_form():
+    cfg = LengthGenConfig()
+    assert (cfg.relative_form, cfg.max_relative_distance) == ("vector", 64)
+    quick = LengthGenConfig.quick_config(relative_form="bias", max_relative_distance=16)
+    assert (quick.relative_form, quick.max_relative_distance) == ("bias", 16)
+    with pytest.raises(ValueError, match="relative_form='cosine'"):
+        LengthGenConfig(relative_form="cosine")
+    with pytest.raises(ValueError, match="max_relative_distance=0"):
+        LengthGenConfig(max_relative_distance=0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tlassoc import AssocTransformer
 from tlassoc.cli import main
 from tlassoc.train import read_metrics
 
@@ -17,6 +20,8 @@ from tlassoc.train import read_metrics
         (["reproduce", "--out", "{tmp}", "--train-len", "zero"], "not an integer"),
         (["reproduce", "--out", "{tmp}", "--lr", "nan"], "positive finite"),
         (["reproduce"], "--out"),
+        (["reproduce", "--out", "{tmp}", "--relative-form", "cosine"], "invalid choice"),
+        (["reproduce", "--out", "{tmp}", "--max-relative-distance", "0"], "positive integer"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -61,3 +66,25 @@ def test_train_and_resume_through_the_cli(tmp_path, capsys):
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 2, 4]
     assert main([*args[:5], "6", *args[6:], "--resume"]) == 0
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 2, 4, 6]
+
+
+def test_reproduce_relative_options_reach_the_rpe_model(tmp_path, capsys):
+    args = ["reproduce", "--out", str(tmp_path), "--quick", "--steps", "2", "--train-len", "16"]
+    args += ["--batch-size", "4", "--d-model", "16", "--no-progress"]
+    args += ["--relative-form", "bias", "--max-relative-distance", "8"]
+    assert main(args) == 0
+    assert "claims hold" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["relative_form"] == "bias"
+    assert results["config"]["max_relative_distance"] == 8
+    saved = {}
+    for enc in ("rpe", "ape"):
+        (path,) = (tmp_path / enc).glob("checkpoints/step-*/config.json")
+        saved[enc] = AssocTransformer.load(path.parent)
+    rpe, ape = saved["rpe"], saved["ape"]
+    assert rpe.cfg.positional_embedding_type == "relative"
+    assert (rpe.cfg.relative_form, rpe.cfg.max_relative_distance) == ("bias", 8)
+    assert tuple(rpe.blocks[0].attn.b_rel.shape) == (1, 8)
+    assert "rel_embed.W_rel" not in dict(rpe.named_parameters())
+    assert ape.cfg.positional_embedding_type == "standard"
+    assert "RPE: relative bias form, distances clipped at 7" in (tmp_path / "report.md").read_text()
