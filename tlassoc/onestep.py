@@ -4,11 +4,15 @@ Three gradient steps on a large batch (an estimate of the population loss), top-
 starting from zero: ``W_O²`` (layer 1's output) first, then ``W_K²`` (layer 1's key), then
 ``W_K¹`` (layer 0's key). With the other trained matrices at zero, the gradient of a memory is
 ``Σ_k E[(p̂(k|x) - 1{y=k}) w_U(k) xᵀ]``: one step stores each input -> output pair weighted by how
-often it occurs; in the theorem's idealised setting (uniform tokens, infinite width) these are
-the induction circuit's memories. On the Tiny Shakespeare trigger task at d_model <= 512 the
-finite-width cross-talk of the frequent tokens and of layer 0's uniform-attention output
-dominates the gradients, and the resulting in-context accuracy stays near chance (measurements
-in docs/training.md, "One-step training").
+often it occurs; in the theorem's idealised setting (uniform tokens, infinite width and length)
+these are the induction circuit's memories.
+
+At laptop scale on the Tiny Shakespeare trigger task (d_model 128, T 128) the three steps give an
+in-context accuracy of about 0.27, far above chance (1/48) and above any context-blind predictor,
+but through a context-frequency copy (uniform attention + the ``W_O²`` memory), not an induction
+head; ``W_O²`` and ``W_K²`` align with the ideal memories (cosine ~0.3), ``W_K¹`` only weakly
+(0.01-0.02, still far outside chance at d_model 512). Measurements and causes: docs/training.md,
+"One-step training".
 
 Example:
     >>> import torch

@@ -167,13 +167,20 @@ def test_bad_inputs_raise_clear_errors(bigram):
 
 @pytest.mark.parametrize("make", [presets.ape, presets.rpe])
 def test_one_step_memories_align_with_ideal_ones(bigram, make):
-    """Bietti's one-step training stores the table's pairs: cosine with the ideal (plain
-    outer-product) memories well above that of random matrices."""
+    """Bietti's one-step training stores the table's pairs: every matrix's cosine with the
+    ideal (plain outer-product) memory is far above that of random matrices.
+
+    Measured (tl4, d 512, 512 sequences of 64, about 11 s per model on one thread):
+    APE W_K1 0.019 (z 9.8), W_K2 0.29, W_O2 0.31; RPE W_K1 0.013 (z 6.6), W_K2 0.33, W_O2 0.33;
+    the largest |cos| of 20 random matrices is <= 0.0046. At d 128 W_K1 is within the random
+    range for APE (0.02 vs 0.02), hence d 512: the previous-token memory is the weakest of the
+    three (docs/memory_and_theory.md).
+    """
     from tlassoc.memory import memory_alignment
     from tlassoc.onestep import one_step_train
 
     task = TriggerBigramTask(bigram, seq_len=64, batch_size=64)
-    model = AssocTransformer(make(d_model=128, n_ctx=64))
+    model = AssocTransformer(make(d_model=512, n_ctx=64))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -182,10 +189,9 @@ def test_one_step_memories_align_with_ideal_ones(bigram, make):
         torch.set_num_threads(threads)
     ref = ideal_memories(model, equalize=False, induction_tokens=task.fixed_triggers)
     frame = memory_alignment(model, ref).set_index("parameter")
-    # measured (d=128, 512 sequences): W_K1 0.02 (APE) / 0.05 (RPE), W_K2 0.21 / 0.25,
-    # W_O2 0.30 / 0.31; random matrices |cos| <= 0.02
+    for name in ("blocks.0.attn.W_K", "blocks.1.attn.W_K", "blocks.1.attn.W_O"):
+        row = frame.loc[name]
+        assert row["cosine"] > 3 * row["random_max_abs"], (name, row.to_dict())
+        assert row["z_score"] > 5, (name, row.to_dict())
     for name in ("blocks.1.attn.W_K", "blocks.1.attn.W_O"):
-        assert frame.loc[name, "cosine"] > 5 * frame.loc[name, "random_max_abs"]
-    assert (
-        frame.loc["blocks.0.attn.W_K", "cosine"] > frame.loc["blocks.0.attn.W_K", "random_mean_abs"]
-    )
+        assert frame.loc[name, "cosine"] > 0.2

@@ -580,14 +580,16 @@ def memory_alignment(
 
     Returns:
         A DataFrame with ``parameter``, ``cosine``, ``random_mean_abs`` and ``random_max_abs``
-        (over ``n_random`` seeded random matrices).
+        (over ``n_random`` seeded random matrices) and ``z_score``: the cosine divided by
+        ``1/sqrt(numel)``, the standard deviation of the cosine between a random direction and
+        the reference (``|z| > 5`` is far outside what chance gives).
 
     Example:
         >>> from tlassoc import presets
         >>> m = AssocTransformer(presets.ape(d_model=32, n_ctx=16))
         >>> frame = memory_alignment(m, ideal_memories(m))
         >>> list(frame.columns)
-        ['parameter', 'cosine', 'random_mean_abs', 'random_max_abs']
+        ['parameter', 'cosine', 'random_mean_abs', 'random_max_abs', 'z_score']
     """
     import pandas as pd
 
@@ -623,6 +625,9 @@ def memory_alignment(
                 "cosine": cos,
                 "random_mean_abs": float(rnd.mean()),
                 "random_max_abs": float(rnd.max()),
+                # the cosine of an isotropic random direction with a fixed vector in R^n has
+                # standard deviation 1/sqrt(n): z is the cosine in those units
+                "z_score": cos * math.sqrt(a.numel()),
             }
         )
     return pd.DataFrame(rows)
