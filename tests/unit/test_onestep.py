@@ -75,9 +75,10 @@ def test_one_step_in_context_accuracy_far_above_chance():
     the context (the global top bigram of the trigger).
 
     Measured (tl4, d 128, T 128, 1,024 sequences): 0.266 (RPE; APE 0.257), 0.010 before;
-    global-bigram argmax 0.009. What carries it (docs/training.md, "One-step training"): the W_O2 step with
-    uniform attention copies the tokens frequent in the context (the "most frequent non-trigger
-    token so far" rule scores 0.26 on the same batch); the induction attention itself stays weak.
+    global-bigram argmax 0.009. What carries it (docs/training.md, "One-step training"): the
+    W_O2 step with uniform attention copies the tokens frequent in the context (the rule "most
+    frequent non-trigger token so far" scores 0.26 on the same batch); the induction attention
+    itself stays weak.
     """
     from tlassoc.train import evaluate
 
