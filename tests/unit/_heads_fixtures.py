@@ -5,10 +5,15 @@ thread (fastest for this size on a shared machine; restored afterwards):
 
 * ``trained_rpe()``: the simplified RPE model trained with the loss on in-context positions
   (label >= 2), the papers' simplified recipe (here AdamW, lr 0.1, 500 steps of 32 x 128).
-* ``trained_rpe_ffn()``: the same model with a linear feed-forward layer (the global bigram
+* ``trained_rpe_ffn()``: an RPE model with a linear feed-forward layer (the global bigram
   memory) trained with the loss on ALL positions, so that its global-bigram loss is
-  meaningful (15 triggers per sequence so the in-context signal is not drowned; lr 0.03,
-  400 steps: global-bigram loss about 2.59 nats against the 2.453 floor).
+  meaningful. Its layer-0 relative term is the T5-style learned scalar per distance
+  (``relative_form="bias"``), which learns the previous-token head far faster than the default
+  vector form; d_model 128 leaves the feed-forward layer room to separate the current token
+  from what the previous-token head writes (at 64 the global-bigram loss moves by up to 0.06
+  when that head is mean-ablated, depending on the seed). AdamW, lr 0.05 with a cosine
+  schedule, 450 steps of 32 x 128, 10 triggers per sequence: in-context accuracy about 0.95,
+  global-bigram loss about 2.44.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ def task(n_triggers: int = 5) -> TriggerBigramTask:
 
 
 def _train(
-    model: AssocTransformer, n_triggers: int, steps: int, loss_on: str, lr: float = 0.1
+    model: AssocTransformer,
+    n_triggers: int,
+    steps: int,
+    loss_on: str,
+    lr: float = 0.1,
+    schedule: str = "constant",
 ) -> AssocTransformer:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -44,6 +54,7 @@ def _train(
         cfg = TrainConfig.full(
             steps=steps,
             lr=lr,
+            schedule=schedule,
             weight_decay=0.0,
             batch_size=32,
             seq_len=SEQ_LEN,
@@ -69,9 +80,11 @@ def trained_rpe() -> AssocTransformer:
 
 @functools.cache
 def trained_rpe_ffn() -> AssocTransformer:
-    """The RPE model with a linear feed-forward layer in layer 1, trained on all positions."""
-    model = AssocTransformer(presets.rpe(d_model=64, n_ctx=256, ffn_type="linear", seed=0))
-    return _train(model, n_triggers=15, steps=400, loss_on="all", lr=0.03)
+    """The RPE model (scalar relative bias, d_model 128) with a linear feed-forward layer in
+    layer 1, trained on all positions."""
+    cfg = presets.rpe(d_model=128, n_ctx=256, ffn_type="linear", relative_form="bias", seed=0)
+    model = AssocTransformer(cfg)
+    return _train(model, n_triggers=10, steps=450, loss_on="all", lr=0.05, schedule="cosine")
 
 
 @functools.cache

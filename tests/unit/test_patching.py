@@ -202,24 +202,25 @@ def test_trained_rpe_ablations():
 
 
 def test_trained_rpe_ffn_ablations_global_vs_in_context():
-    """Model with a linear feed-forward layer trained on ALL positions (meaningful
-    global-bigram loss). Measured (tl4): in-context accuracy 0.57, global loss 2.59; layer-0
-    zero/mean: in-context -0.19/-0.17, global +0.028/+0.011; layer-1 pattern-preserving
-    -0.56; layer-0 pattern-preserving -0.006."""
-    row = _ablation_rows(trained_rpe_ffn(), eval_batch(15))
+    """Issue 6 on a model with a linear feed-forward layer trained on ALL positions (meaningful
+    global-bigram loss; scalar relative bias, d_model 128, see ``_heads_fixtures``). Measured
+    (tl4, 64 sequences, 10 triggers): in-context accuracy 0.947, global loss 2.437 (true
+    bigram on the same positions 2.10, unigram 3.68). Layer-0 zero / mean: in-context -0.626 /
+    -0.626, global +0.021 / -0.014. Layer-1 pattern-preserving: in-context -0.850. Layer-0
+    pattern-preserving: in-context -0.007 (global +0.065)."""
+    row = _ablation_rows(trained_rpe_ffn(), eval_batch(10))
     base = row[("none", "none")]
-    assert base["in_context_acc"] > 0.5 and base["global_loss"] < 2.7
-    # (a) the previous-token head is needed for in-context prediction, not for global bigrams.
-    # The drop stays below 0.5 here: with the loss on all positions and this short training the
-    # model reaches only ~0.57 in-context accuracy, and part of it survives without the head.
+    assert base["in_context_acc"] > 0.85 and base["global_loss"] < 2.6
+    # (a) the previous-token head is needed for in-context prediction, not for global bigrams
     for kind in ("zero", "mean"):
-        assert row[("0.0", kind)]["d_in_context_acc"] <= -0.1, kind
+        assert row[("0.0", kind)]["d_in_context_acc"] <= -0.5, kind
         assert abs(row[("0.0", kind)]["d_global_loss"]) < 0.05, kind
     # (b) the induction head's values carry the answer: pattern-preserving ablation removes
     # nearly all in-context accuracy
     pp1 = row[("1.0", "pattern_preserving")]
-    assert pp1["d_in_context_acc"] <= -0.5 and pp1["in_context_acc"] < 0.1
-    # (c) with every pattern frozen, zeroing the previous-token head changes little: it acts
-    # only through layer 1's keys, i.e. through the layer-1 pattern that is now frozen
+    assert pp1["d_in_context_acc"] <= -0.5 and pp1["in_context_acc"] < 0.2
+    # (c) METRICS.md's pattern-preserving ablation freezes every attention pattern while it
+    # zeroes the head. The previous-token head acts only through layer 1's keys (K-composition),
+    # i.e. through the layer-1 pattern that is now frozen, so in-context accuracy barely moves
     pp0 = row[("0.0", "pattern_preserving")]["d_in_context_acc"]
     assert abs(pp0) < 0.1 and abs(pp0) < 0.5 * abs(row[("0.0", "zero")]["d_in_context_acc"])
