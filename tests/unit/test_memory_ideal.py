@@ -166,7 +166,7 @@ def test_bad_inputs_raise_clear_errors(bigram):
 
 
 @pytest.mark.parametrize("make", [presets.ape, presets.rpe])
-def test_one_step_memories_align_with_ideal_ones(bigram, make):
+def test_one_step_memories_align_with_ideal_ones(bigram, make, one_thread):
     """Bietti's one-step training stores the table's pairs: every matrix's cosine with the
     ideal (plain outer-product) memory is far above that of random matrices.
 
@@ -181,12 +181,7 @@ def test_one_step_memories_align_with_ideal_ones(bigram, make):
 
     task = TriggerBigramTask(bigram, seq_len=64, batch_size=64)
     model = AssocTransformer(make(d_model=512, n_ctx=64))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one_step_train(model, task, batch_size=256, n_batches=2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    one_step_train(model, task, batch_size=256, n_batches=2, progress=False)
     ref = ideal_memories(model, equalize=False, induction_tokens=task.fixed_triggers)
     frame = memory_alignment(model, ref).set_index("parameter")
     for name in ("blocks.0.attn.W_K", "blocks.1.attn.W_K", "blocks.1.attn.W_O"):

@@ -68,7 +68,7 @@ def test_bad_arguments(task):
         one_step_train(model, task, (1.0,), order=("blocks.7.attn.W_K",), progress=False)
 
 
-def test_one_step_in_context_accuracy_far_above_chance():
+def test_one_step_in_context_accuracy_far_above_chance(one_thread):
     """Three population-gradient steps from zero (default step sizes) on the Tiny Shakespeare
     trigger task: accuracy on the in-context targets (label >= 2) far above chance (1/48, the
     outputs being uniform over the 48 training ids) and above the best predictor that ignores
@@ -88,12 +88,7 @@ def test_one_step_in_context_accuracy_far_above_chance():
     model = AssocTransformer(presets.rpe(d_model=128, n_ctx=128))
     test = task.sample(seed=123)
     before = evaluate(model, test)["acc_ge2"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one_step_train(model, task, batch_size=256, n_batches=4, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    one_step_train(model, task, batch_size=256, n_batches=4, progress=False)
     after = evaluate(model, test)
     mask = test.labels >= 2
     top_bigram = bigram.conditional.argmax(1)[test.tokens]

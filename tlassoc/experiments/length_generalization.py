@@ -236,6 +236,91 @@ def _attention_html(model: Any, tokens: torch.Tensor) -> str:
     return str(html)
 
 
+def _task(cfg: LengthGenConfig) -> Any:
+    from tlassoc.data import BigramModel, TriggerBigramTask
+
+    return TriggerBigramTask(
+        BigramModel.tiny_shakespeare(),
+        n_triggers=cfg.n_triggers,
+        seq_len=cfg.train_len,
+        batch_size=cfg.batch_size,
+    )
+
+
+def train_and_evaluate(
+    encoding: str,
+    config: LengthGenConfig | None = None,
+    *,
+    task: Any = None,
+    progress: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train one model of the experiment (``"rpe"`` or ``"ape"``) and evaluate it.
+
+    This is one half of :func:`run`, for when only one encoding is of interest.
+
+    Args:
+        encoding: ``"rpe"`` (relative positions in layer 0, ``config.relative_form``) or
+            ``"ape"``.
+        config: The experiment's settings (default :class:`LengthGenConfig`).
+        task: The trigger task (default: Tiny Shakespeare with ``config``'s triggers/length).
+        progress: Show the training progress bar.
+        out_dir: Folder for the model's metrics and checkpoints (none by default).
+
+    Returns:
+        ``(model, numbers)``: the trained model and :func:`evaluate_length`'s numbers, plus
+        ``train_seconds``, ``history`` and ``time_to_induction_steps``.
+
+    Example:
+        >>> cfg = LengthGenConfig.quick_config(steps=2, relative_form="bias")
+        >>> model, numbers = train_and_evaluate("rpe", cfg, progress=False)
+        >>> 0.0 <= numbers["prev_token_acc_beyond"] <= 1.0
+        True
+    """
+    from tlassoc import AssocTransformer, presets
+    from tlassoc.train import TrainConfig, train
+
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding={encoding!r}; expected one of {ENCODINGS}")
+    cfg = config or LengthGenConfig()
+    task = task if task is not None else _task(cfg)
+    if encoding == "rpe":
+        model_cfg = presets.rpe(
+            d_model=cfg.d_model,
+            n_ctx=cfg.n_ctx,
+            seed=cfg.seed,
+            relative_form=cfg.relative_form,
+            max_relative_distance=cfg.max_relative_distance,
+        )
+    else:
+        model_cfg = presets.ape(d_model=cfg.d_model, n_ctx=cfg.n_ctx, seed=cfg.seed)
+    model = AssocTransformer(model_cfg)
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.train_len,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        loss_on=cfg.loss_on,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        eval_batch_size=cfg.eval_batch_size,
+        progress=progress,
+        out_dir=str(out_dir) if out_dir is not None else None,
+    )
+    t_enc = time.perf_counter()
+    result = train(model, task, tcfg)
+    train_seconds = time.perf_counter() - t_enc
+    numbers = evaluate_length(model, task, cfg, seed=cfg.seed + 1000)
+    numbers["train_seconds"] = train_seconds
+    numbers["history"] = result.history
+    numbers["time_to_induction_steps"] = next(
+        (r["step"] for r in result.history if r.get("acc_ge2", 0) >= 0.9), None
+    )
+    return model, numbers
+
+
 def run(
     out_dir: str | os.PathLike[str] | None = None,
     config: LengthGenConfig | None = None,
@@ -247,60 +332,22 @@ def run(
         >>> result = run(config=LengthGenConfig.quick_config(steps=2), progress=False)
         ... # doctest: +SKIP
     """
-    from tlassoc import AssocTransformer, presets
-    from tlassoc.data import BigramModel, TriggerBigramTask
-    from tlassoc.train import TrainConfig, train
-
     cfg = config or LengthGenConfig()
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    task = TriggerBigramTask(
-        BigramModel.tiny_shakespeare(),
-        n_triggers=cfg.n_triggers,
-        seq_len=cfg.train_len,
-        batch_size=cfg.batch_size,
-    )
+    task = _task(cfg)
     models: dict[str, dict[str, Any]] = {}
     trained = {}
     for enc in ENCODINGS:
-        if enc == "rpe":
-            model_cfg = presets.rpe(
-                d_model=cfg.d_model,
-                n_ctx=cfg.n_ctx,
-                seed=cfg.seed,
-                relative_form=cfg.relative_form,
-                max_relative_distance=cfg.max_relative_distance,
-            )
-        else:
-            model_cfg = presets.ape(d_model=cfg.d_model, n_ctx=cfg.n_ctx, seed=cfg.seed)
-        model = AssocTransformer(model_cfg)
-        tcfg = TrainConfig(
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            seq_len=cfg.train_len,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            loss_on=cfg.loss_on,
-            seed=cfg.seed,
-            log_every=cfg.log_every,
-            eval_batch_size=cfg.eval_batch_size,
+        trained[enc], models[enc] = train_and_evaluate(
+            enc,
+            cfg,
+            task=task,
             progress=progress,
-            out_dir=str(out / enc) if out is not None else None,
+            out_dir=out / enc if out is not None else None,
         )
-        t_enc = time.perf_counter()
-        result = train(model, task, tcfg)
-        train_seconds = time.perf_counter() - t_enc
-        numbers = evaluate_length(model, task, cfg, seed=cfg.seed + 1000)
-        numbers["train_seconds"] = train_seconds
-        numbers["history"] = result.history
-        numbers["time_to_induction_steps"] = next(
-            (r["step"] for r in result.history if r.get("acc_ge2", 0) >= 0.9), None
-        )
-        models[enc] = numbers
-        trained[enc] = model
     claims = _claims(models)
     res = LengthGenResult(dataclasses.asdict(cfg), models, time.perf_counter() - t0, claims)
     if out is not None:
@@ -482,4 +529,11 @@ def load_results(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads((Path(out_dir) / "results.json").read_text())
 
 
-__all__ = ["LengthGenConfig", "LengthGenResult", "evaluate_length", "load_results", "run"]
+__all__ = [
+    "LengthGenConfig",
+    "LengthGenResult",
+    "evaluate_length",
+    "load_results",
+    "run",
+    "train_and_evaluate",
+]
