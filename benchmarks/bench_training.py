@@ -7,7 +7,7 @@ Three models trained in the same run on the same batches of the Tiny Shakespeare
 * ``plain``: :class:`baseline_model.PlainSimplifiedTransformer` (same math as ``presets.ape()``)
   in a hand-written loop, advanced one step after each tlassoc step (interleaved, so load on a
   shared machine hits both alike);
-* ``tlassoc APE`` / ``tlassoc RPE``: :func:`tlassoc.train.train` (with its per-step bookkeeping,
+* ``tlassoc APE`` / ``tlassoc RPE``: :func:`tlassoc.training.train` (with its per-step bookkeeping,
   progress bar off, no probes).
 
 Steps/s is measured over the whole run (sampling included). Time to induction head: the first
@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from baseline_model import PlainSimplifiedTransformer  # noqa: E402
 
 from tlassoc import AssocTransformer, presets  # noqa: E402
+from tlassoc.config import TrainConfig  # noqa: E402
 from tlassoc.data import BigramModel, TriggerBigramTask  # noqa: E402
-from tlassoc.train import TrainConfig, loss_mask, masked_loss, train  # noqa: E402
+from tlassoc.training import loss_mask, masked_loss, train  # noqa: E402
 
 SEQ, BATCH, D_MODEL, LR = 128, 64, 64, 0.05
 
@@ -80,14 +81,11 @@ def run_pair(enc: str, task, eval_batch, steps: int, eval_every: int) -> dict:
     cfg = TrainConfig(
         steps=steps,
         batch_size=BATCH,
-        seq_len=SEQ,
         optimizer="adamw",
         lr=LR,
         weight_decay=0.0,
         loss_on="in_context",
         log_every=0,
-        probes=False,
-        progress=False,
         seed=0,
     )
     plain = PlainRun(task, eval_batch, eval_every)
@@ -100,7 +98,7 @@ def run_pair(enc: str, task, eval_batch, steps: int, eval_every: int) -> dict:
         plain.advance()
         state["t0"] = time.perf_counter()
 
-    train(model, task, cfg, callback=callback)
+    train(model, task, cfg, callback=callback, progress=False)
     return {
         f"tlassoc {enc.upper()}": {
             "steps_per_s": steps / state["train_s"],

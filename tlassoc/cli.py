@@ -1,7 +1,14 @@
-"""The ``tlassoc`` command: ``train`` a recipe and ``reproduce`` the length-generalisation study.
+"""The ``tlassoc`` command: list recipes and experiments, train a recipe, reproduce an experiment.
 
-Bad input (unknown recipe, unwritable folder, invalid numbers) prints one line on stderr and exits
-with status 2, never a traceback.
+Every setting is a flag generated from the configuration dataclasses, named by its dotted path
+(``--model.d_model 64``, ``--train.lr 0.05``, ``--task.seq_len 128``) with its help text and
+default taken from the field, so flags and configuration cannot drift apart. ``--set
+PATH=VALUE`` does the same for any path, including an experiment's own fields (``--set
+seeds=0,1,2``); settings apply in command-line order.
+
+Bad input (unknown recipe, unknown field, ill-typed value, unwritable folder) prints one line on
+stderr and exits with status 2, never a traceback. ``tlassoc --help`` imports neither torch nor
+TransformerLens.
 
 Example:
     >>> main(["train", "no-such-recipe", "--out", "x"])  # doctest: +SKIP
@@ -15,6 +22,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from tlassoc.config import _fields
 
 
 class CLIError(Exception):
@@ -26,37 +36,24 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
+class _Assign(argparse.Action):
+    """Collects ``(path, text)`` settings in command-line order into ``namespace.settings``."""
 
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be an integer >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
-    return value
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        settings = getattr(namespace, "settings", None) or []
+        if self.dest == "set":
+            path, eq, text = str(values).partition("=")
+            if not eq or not path:
+                raise CLIError(f"--set {values!r}; expected PATH=VALUE, e.g. train.lr=0.05")
+            settings.append((path.strip(), text))
+        else:
+            settings.append((self.dest, values))
+        namespace.settings = settings
 
 
 def _writable_dir(path: str) -> Path:
+    if not path.strip():
+        raise CLIError("--out ''; expected a folder name")
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -68,81 +65,169 @@ def _writable_dir(path: str) -> Path:
     return folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``tlassoc``."""
-    from tlassoc.train import RECIPES
-
-    parser = _Parser(prog="tlassoc", description="Induction heads as associative memories.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    t = sub.add_parser("train", help="train a recipe on the Tiny Shakespeare trigger task")
-    t.add_argument("recipe", help=f"one of {', '.join(RECIPES)}")
-    t.add_argument("--out", required=True, help="folder for metrics.jsonl and checkpoints")
-    t.add_argument("--steps", type=_positive_int)
-    t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--seq-len", type=_positive_int, default=256)
-    t.add_argument("--d-model", type=_positive_int)
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--log-every", type=_nonneg_int, default=50)
-    t.add_argument("--checkpoint-every", type=_nonneg_int, default=100)
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    t.add_argument("--no-progress", action="store_true")
-
-    r = sub.add_parser("reproduce", help="RPE vs APE length generalisation (report + figures)")
-    r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--quick", action="store_true", help="small setting (about a minute)")
-    r.add_argument("--train-len", type=_positive_int)
-    r.add_argument("--steps", type=_positive_int)
-    r.add_argument("--batch-size", type=_positive_int)
-    r.add_argument("--d-model", type=_positive_int)
-    r.add_argument("--lr", type=_positive_float)
-    r.add_argument("--seed", type=_nonneg_int)
-    r.add_argument(
-        "--relative-form",
-        choices=("vector", "bias"),
-        help="RPE model's relative term: frozen vector r_(t-s) (default) or learned bias",
+def _add_config_flags(parser: argparse.ArgumentParser, config: Any) -> None:
+    """One flag per leaf field of ``config`` (grouped by section), help from the docstrings."""
+    groups: dict[str, Any] = {}
+    for path, _tp, _default, doc in _fields.walk_fields(type(config)):
+        section = path.split(".")[0] if "." in path else "experiment"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings")
+        current = _get(config, path)
+        help_text = f"{doc} (default: {_fields.describe(current)})".replace("%", "%%")
+        groups[section].add_argument(
+            f"--{path}", dest=path, action=_Assign, metavar="VALUE", help=help_text
+        )
+    parser.add_argument(
+        "--set",
+        dest="set",
+        action=_Assign,
+        metavar="PATH=VALUE",
+        help="set any setting by its dotted path (repeatable; applied in order)",
     )
-    r.add_argument(
-        "--max-relative-distance",
-        type=_positive_int,
-        help="RPE distances; t-s is clipped at this minus 1 (default 64)",
+
+
+def _get(config: Any, path: str) -> Any:
+    value = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _apply(config: Any, settings: list[tuple[str, str]]) -> Any:
+    for path, text in settings:
+        tp = _fields.resolve(type(config), path)
+        config = _fields.replace_path(config, path, _fields.parse_text(text, tp, path))
+    return config
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _base_parser() -> _Parser:
+    parser = _Parser(
+        prog="tlassoc",
+        description="Induction heads as associative memories, on TransformerLens.",
+        epilog="`tlassoc COMMAND --help` lists a command's settings with their defaults.",
     )
-    r.add_argument("--no-progress", action="store_true")
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from tlassoc import AssocTransformer
-    from tlassoc.data import BigramModel, TriggerBigramTask
-    from tlassoc.train import recipe, train
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``tlassoc``; the settings flags of ``train``/``reproduce`` are
+    generated for the recipe or experiment named in ``argv`` (configs load only then)."""
+    argv = list(argv or [])
+    parser = _base_parser()
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("recipes", help="list the named runs with their measured run times")
+    sub.add_parser("experiments", help="list the experiments `reproduce` can run")
+    t = sub.add_parser(
+        "train",
+        help="train a recipe (see `tlassoc recipes`)",
+        usage="tlassoc train RECIPE --out DIR [--resume] [--SECTION.FIELD VALUE ...] "
+        "[--set PATH=VALUE ...]",
+    )
+    t.add_argument("recipe", help="recipe name")
+    _run_options(t)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r = sub.add_parser(
+        "reproduce",
+        help="run an experiment and write its report",
+        usage="tlassoc reproduce [EXPERIMENT] --out DIR [--quick] [--SECTION.FIELD VALUE ...] "
+        "[--set PATH=VALUE ...]",
+    )
+    r.add_argument("experiment", nargs="?", help="experiment name (default: length_generalization)")
+    _run_options(r)
+    r.add_argument("--quick", action="store_true", help="the experiment's small setting")
+    command, name = _command_and_name(argv)
+    if command == "train" and name:
+        from tlassoc import recipes
 
-    overrides = {
-        k: v
-        for k, v in dict(steps=args.steps, lr=args.lr, batch_size=args.batch_size).items()
-        if v is not None
-    }
-    model_cfg, train_cfg = recipe(args.recipe, **overrides)
-    changes = {"seed": args.seed}
-    if args.d_model is not None:
-        changes["d_model"] = args.d_model
-    if model_cfg.n_ctx < args.seq_len:
-        changes["n_ctx"] = args.seq_len
-    model_cfg = model_cfg.replace(**changes)
+        _add_config_flags(t, recipes.get(name))
+    elif command == "reproduce":
+        from tlassoc import experiments
+
+        exp = experiments.get(name or experiments.DEFAULT)
+        _add_config_flags(r, exp.quick_config() if "--quick" in argv else exp.default_config())
+    return parser
+
+
+def _command_and_name(argv: list[str]) -> tuple[str | None, str | None]:
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return None, None
+    command = words[0]
+    rest = argv[argv.index(command) + 1 :]
+    # the positional is the first word not consumed as an option's value
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a.startswith("-"):
+            takes_value = a not in ("--quick", "--resume", "--no-progress", "-h", "--help")
+            i += 2 if takes_value and "=" not in a else 1
+            continue
+        return command, a
+    return command, None
+
+
+def _recipes() -> int:
+    from tlassoc import recipes
+
+    times = recipes.measured_times()
+    measured = times.get("recipes", {})
+    print(f"{'recipe':12s} {'time here':>11s}  description")
+    for name, recipe in recipes.RECIPES.items():
+        t = measured.get(name)
+        when = "not measured"
+        if t:
+            when = _duration(t["seconds"]) + ("" if t.get("how") == "full run" else "*")
+        print(f"{name:12s} {when:>11s}  {recipe.description}")
+    if times.get("machine"):
+        print(
+            f"\nTraining times measured on {times['machine']} by {times.get('how', '')}; "
+            "* = measured seconds per step times the recipe's steps."
+        )
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _experiments() -> int:
+    from tlassoc import experiments
+
+    for name in experiments.names():
+        print(f"{name:24s} {experiments.get(name).description}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tlassoc import recipes
+    from tlassoc._io import atomic_write_json
+    from tlassoc.data import make_task
+    from tlassoc.memory.probes import probe_evaluator
+    from tlassoc.model import AssocTransformer
+    from tlassoc.training import train
+
+    run = _apply(recipes.get(args.recipe), getattr(args, "settings", None) or [])
     out = _writable_dir(args.out)
-    train_cfg = train_cfg.replace(
-        seq_len=args.seq_len,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        out_dir=str(out),
+    task = make_task(run.task, batch_size=run.train.batch_size, device=run.model.device)
+    atomic_write_json(out / "run.json", {"recipe": args.recipe, "config": run.to_dict()})
+    result = train(
+        AssocTransformer(run.model),
+        task,
+        run.train,
+        out_dir=out,
         resume=args.resume,
         progress=not args.no_progress,
+        evaluators=[probe_evaluator(task)],
     )
-    task = TriggerBigramTask(
-        BigramModel.tiny_shakespeare(), seq_len=args.seq_len, batch_size=train_cfg.batch_size or 512
-    )
-    result = train(AssocTransformer(model_cfg), task, train_cfg)
     final = result.final_metrics
     print(
         f"trained {args.recipe} for {result.step} steps in {result.seconds:.1f} s: "
@@ -153,37 +238,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from tlassoc.experiments.length_generalization import LengthGenConfig, run
+    from tlassoc import experiments
+    from tlassoc.experiments.framework import write
 
-    overrides = {
-        k: v
-        for k, v in dict(
-            train_len=args.train_len,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            d_model=args.d_model,
-            lr=args.lr,
-            seed=args.seed,
-            relative_form=args.relative_form,
-            max_relative_distance=args.max_relative_distance,
-        ).items()
-        if v is not None
-    }
-    if args.train_len is not None:
-        overrides["eval_lens"] = (args.train_len, 2 * args.train_len, 4 * args.train_len)
-    cfg = LengthGenConfig.quick_config(**overrides) if args.quick else LengthGenConfig(**overrides)
+    exp = experiments.get(args.experiment or experiments.DEFAULT)
+    config = exp.quick_config() if args.quick else exp.default_config()
+    config = _apply(config, getattr(args, "settings", None) or [])
     out = _writable_dir(args.out)
-    result = run(out, cfg, progress=not args.no_progress)
-    r, a = result.models["rpe"], result.models["ape"]
+    result = exp.measure(config, progress=not args.no_progress)
+    write(exp, result, out)
+    outcomes = exp.evaluate_claims(result)
+    for o in outcomes:
+        values = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in o.values)
+        print(f"{o.claim.name}: {'holds' if o.holds else 'does not hold'} ({values})")
     print(
-        f"prev-token acc beyond T_train: RPE {r['prev_token_acc_beyond']:.3f}, "
-        f"APE {a['prev_token_acc_beyond']:.3f}"
-    )
-    for name, m in (("RPE", r), ("APE", a)):
-        s = m["segment"]
-        print(f"{name} in-context acc early {s['early_acc_ge2']:.3f} late {s['late_acc_ge2']:.3f}")
-    print(
-        f"claims hold: {result.claims['all_hold']}; report: {out / 'report.md'} "
+        f"claims hold: {all(o.holds for o in outcomes)}; report: {out / 'report.md'} "
         f"({result.seconds:.0f} s)"
     )
     return 0
@@ -191,19 +260,19 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tlassoc`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "train":
-            return _train(args)
-        return _reproduce(args)
-    except CLIError as err:
-        print(f"tlassoc: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"tlassoc: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"tlassoc: error: {err}", file=sys.stderr)
+        args = build_parser(argv).parse_args(argv)
+        handler = {
+            "recipes": lambda a: _recipes(),
+            "experiments": lambda a: _experiments(),
+            "train": _train,
+            "reproduce": _reproduce,
+        }[args.command]
+        return handler(args)
+    except (CLIError, ValueError, OSError) as err:
+        message = " ".join(str(err).split())
+        print(f"tlassoc: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

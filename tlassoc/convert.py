@@ -4,6 +4,11 @@ On TransformerLens 3.x the copy is a ``HookedTransformer``; on 4.x (which remove
 ``TransformerBridge`` around TransformerLens's native model (``TransformerBridge.boot_native``),
 built offline. This module is the one place where the two majors differ for models.
 
+Imports flow one way: :meth:`AssocTransformer.to_transformer_lens` imports this module when
+called, and this module never imports :mod:`tlassoc.model`. It reads the model duck-typed
+(:class:`Convertible`): its config, tokenizer, the stacked TransformerLens weights and the
+named parameters (``blocks.{l}.mlp.W_in``, ``blocks.{l}.ln1.w``, ``ln_final.w``...).
+
 Example:
     >>> from tlassoc import AssocTransformer, presets
     >>> model = AssocTransformer(presets.ape(d_model=32, n_ctx=16))
@@ -12,18 +17,35 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from tlassoc._tl import TL_MAJOR
 
-if TYPE_CHECKING:
-    from tlassoc.model import AssocTransformer
+
+class Convertible(Protocol):
+    """What the conversion reads of an AssocTransformer."""
+
+    cfg: Any
+    tokenizer: Any
+    W_E: Tensor
+    W_U: Tensor
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
 
 
-def check_convertible(model: AssocTransformer) -> None:
+def _params(model: Convertible) -> dict[str, Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def check_convertible(model: Convertible) -> None:
     """Raise ``ValueError`` naming the setting TransformerLens cannot express."""
     cfg = model.cfg
     if cfg.positional_embedding_type == "relative":
@@ -34,7 +56,7 @@ def check_convertible(model: AssocTransformer) -> None:
         )
 
 
-def _mlp_weights(model: AssocTransformer, layer: int, d_mlp: int) -> dict[str, Tensor]:
+def _mlp_weights(model: Convertible, layer: int, d_mlp: int) -> dict[str, Tensor]:
     """Feed-forward weights for TransformerLens's ReLU MLP of width ``d_mlp``.
 
     Layers without a feed-forward block get zeros (a ReLU MLP of zeros adds nothing); a linear
@@ -51,20 +73,36 @@ def _mlp_weights(model: AssocTransformer, layer: int, d_mlp: int) -> dict[str, T
     }
     if not cfg.has_ffn(layer):
         return out
-    mlp = model.blocks[layer].mlp
-    n = mlp.W_in.shape[1]
+    params = _params(model)
+    W_in, b_in, W_out, b_out = (
+        params[f"blocks.{layer}.mlp.{name}"] for name in ("W_in", "b_in", "W_out", "b_out")
+    )
+    n = W_in.shape[1]
     if cfg.ffn_type == "relu":
-        out["W_in"][:, :n], out["b_in"][:n] = mlp.W_in, mlp.b_in
-        out["W_out"][:n], out["b_out"][:] = mlp.W_out, mlp.b_out
+        out["W_in"][:, :n], out["b_in"][:n] = W_in, b_in
+        out["W_out"][:n], out["b_out"][:] = W_out, b_out
     else:
-        out["W_in"] = torch.cat([mlp.W_in, -mlp.W_in], dim=1)
-        out["b_in"] = torch.cat([mlp.b_in, -mlp.b_in])
-        out["W_out"] = torch.cat([mlp.W_out, -mlp.W_out], dim=0)
-        out["b_out"] = mlp.b_out.clone()
+        out["W_in"] = torch.cat([W_in, -W_in], dim=1)
+        out["b_in"] = torch.cat([b_in, -b_in])
+        out["W_out"] = torch.cat([W_out, -W_out], dim=0)
+        out["b_out"] = b_out.clone()
     return out
 
 
-def _tl_mlp_width(model: AssocTransformer) -> int | None:
+def _layer_norms(model: Convertible, layer: int, d_mlp: int | None) -> dict[str, Tensor]:
+    """``ln1.w, ln1.b`` (and ``ln2.w, ln2.b`` when TransformerLens has an MLP: identity where
+    this layer has no feed-forward block) of a LayerNorm model."""
+    params = _params(model)
+    p = f"blocks.{layer}"
+    out = {"ln1.w": params[f"{p}.ln1.w"], "ln1.b": params[f"{p}.ln1.b"]}
+    if d_mlp:
+        has = model.cfg.has_ffn(layer)
+        out["ln2.w"] = params[f"{p}.ln2.w"] if has else torch.ones_like(out["ln1.w"])
+        out["ln2.b"] = params[f"{p}.ln2.b"] if has else torch.zeros_like(out["ln1.b"])
+    return out
+
+
+def _tl_mlp_width(model: Convertible) -> int | None:
     cfg = model.cfg
     if cfg.ffn_type is None:
         return None
@@ -72,21 +110,21 @@ def _tl_mlp_width(model: AssocTransformer) -> int | None:
     return cfg.d_mlp * (2 if cfg.ffn_type == "linear" else 1)
 
 
-def _positions(model: AssocTransformer) -> Tensor:
+def _positions(model: Convertible) -> Tensor:
     if model.cfg.positional_embedding_type == "standard":
-        return model.W_pos
+        return _params(model)["pos_embed.W_pos"]
     return torch.zeros(
         model.cfg.n_ctx, model.cfg.d_model, dtype=model.W_E.dtype, device=model.W_E.device
     )
 
 
-def _tokenizer(model: AssocTransformer) -> Any:
+def _tokenizer(model: Convertible) -> Any:
     tok = model.tokenizer
     return tok.to_hf() if tok is not None and hasattr(tok, "to_hf") else None
 
 
 @torch.no_grad()
-def to_transformer_lens(model: AssocTransformer) -> Any:
+def to_transformer_lens(model: Convertible) -> Any:
     """The same network as TransformerLens's own model object, in eval mode.
 
     Args:
@@ -101,7 +139,7 @@ def to_transformer_lens(model: AssocTransformer) -> Any:
     return converted.eval()
 
 
-def _to_hooked_transformer(model: AssocTransformer) -> Any:
+def _to_hooked_transformer(model: Convertible) -> Any:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = model.cfg
@@ -141,19 +179,16 @@ def _to_hooked_transformer(model: AssocTransformer) -> Any:
             for name, value in _mlp_weights(model, layer, d_mlp).items():
                 state[f"{p}.mlp.{name}"] = value
         if cfg.normalization_type == "LN":
-            block = model.blocks[layer]
-            state[f"{p}.ln1.w"], state[f"{p}.ln1.b"] = block.ln1.w, block.ln1.b
-            if d_mlp:
-                ln2 = block.ln2 if cfg.has_ffn(layer) else None
-                state[f"{p}.ln2.w"] = ln2.w if ln2 is not None else torch.ones_like(block.ln1.w)
-                state[f"{p}.ln2.b"] = ln2.b if ln2 is not None else torch.zeros_like(block.ln1.b)
+            for name, value in _layer_norms(model, layer, d_mlp).items():
+                state[f"{p}.{name}"] = value
     if cfg.normalization_type == "LN":
-        state["ln_final.w"], state["ln_final.b"] = model.ln_final.w, model.ln_final.b
+        params = _params(model)
+        state["ln_final.w"], state["ln_final.b"] = params["ln_final.w"], params["ln_final.b"]
     ht.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     return ht
 
 
-def _to_bridge(model: AssocTransformer) -> Any:
+def _to_bridge(model: Convertible) -> Any:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -203,14 +238,12 @@ def _to_bridge(model: AssocTransformer) -> Any:
             block.mlp.fc_out.weight.copy_(w["W_out"].T)
             block.mlp.fc_out.bias.copy_(w["b_out"])
         if cfg.normalization_type == "LN":
-            ours = model.blocks[layer]
-            block.ln1.weight.copy_(ours.ln1.w)
-            block.ln1.bias.copy_(ours.ln1.b)
-            if d_mlp:
-                has = cfg.has_ffn(layer)
-                block.ln2.weight.copy_(ours.ln2.w if has else torch.ones_like(ours.ln1.w))
-                block.ln2.bias.copy_(ours.ln2.b if has else torch.zeros_like(ours.ln1.b))
+            norms = _layer_norms(model, layer, d_mlp)
+            for name in norms:
+                ln, kind = name.split(".")
+                getattr(getattr(block, ln), "weight" if kind == "w" else "bias").copy_(norms[name])
     if cfg.normalization_type == "LN":
-        native.ln_out.weight.copy_(model.ln_final.w)
-        native.ln_out.bias.copy_(model.ln_final.b)
+        params = _params(model)
+        native.ln_out.weight.copy_(params["ln_final.w"])
+        native.ln_out.bias.copy_(params["ln_final.b"])
     return bridge

@@ -5,8 +5,8 @@ and weight shapes, so ``run_with_cache``, ``run_with_hooks``, ``transformer_lens
 ``head_detector`` and ``FactoredMatrix`` circuits work on it unchanged, on TransformerLens 3.x and
 4.x. Three positional encodings:
 
-* ``"standard"`` (APE): ``x_t = w_E(z_t) + p_t``.
-* ``"relative"`` (RPE): ``x_t = w_E(z_t)``; in the relative layers a vector ``r_j`` per distance
+* ``"standard"`` (absolute positions): ``x_t = w_E(z_t) + p_t``.
+* ``"relative"`` (relative positions): ``x_t = w_E(z_t)``; in the relative layers a vector ``r_j`` per distance
   ``j = t - s`` joins the key input, ``score(t, s) = q_t . W_K (x_s + r_{t-s}) / sqrt(d_head)``.
   The relative term is computed as ``q . (W_K R)^T`` for every distance and then gathered by
   ``t - s``: no ``[query, key, d]`` tensor is ever built. ``relative_form="bias"`` adds a
@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,21 +149,26 @@ class Attention(nn.Module):
             return einops.repeat(eye, "m d -> h m d", h=self.cfg.n_heads)
         return self.W_Q
 
+    def _qkv(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[batch, pos, n_heads, d_head]`` of the input rows ``x``."""
+        if self.cfg.identity_query:  # a copy, so that hooks editing q in place never touch x
+            q = x[:, :, None, :].repeat(1, 1, self.cfg.n_heads, 1)
+        else:
+            q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
+        k = torch.einsum("bpm,hmd->bphd", x, self.W_K)
+        v = torch.einsum("bpm,hmd->bphd", x, self.W_V)
+        return q, k, v
+
     def forward(
         self,
         x: Float[Tensor, "batch pos d_model"],
         W_rel: Float[Tensor, "n_dist d_model"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        cfg = self.cfg
-        batch, n_pos, _ = x.shape
-        if cfg.identity_query:  # a copy, so that hooks editing q in place never touch x
-            q = x[:, :, None, :].repeat(1, 1, cfg.n_heads, 1)
-        else:
-            q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
-        q = self.hook_q(q)
-        k = self.hook_k(torch.einsum("bpm,hmd->bphd", x, self.W_K))
-        v = self.hook_v(torch.einsum("bpm,hmd->bphd", x, self.W_V))
-
+        n_pos = x.shape[1]
+        q, k, v = self._qkv(x)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
         if self.relative:
             scores = scores + self.hook_rel_scores(self._relative_scores(q, W_rel, n_pos))
@@ -170,10 +176,75 @@ class Attention(nn.Module):
         scores = self.hook_attn_scores(scores.masked_fill(mask, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-        if cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
-            return result.sum(dim=2)
+        if self.cfg.use_attn_result:
+            return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O)).sum(dim=2)
         return torch.einsum("bqhd,hdm->bqm", z, self.W_O)
+
+    def project(
+        self, x: Float[Tensor, "batch pos n_heads d"], act: Literal["z", "result"] = "z"
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The attention output from ``hook_z`` (or ``hook_result``) activations, computed as
+        :meth:`forward` computes it (so patched activations give the same numbers)."""
+        if act == "result":
+            return x.sum(dim=2)
+        if self.cfg.use_attn_result:
+            return torch.einsum("bqhd,hdm->bqhm", x, self.W_O).sum(dim=2)
+        return torch.einsum("bqhd,hdm->bqm", x, self.W_O)
+
+    def incremental_output(
+        self,
+        cached: Mapping[str, Tensor],
+        x_new: Float[Tensor, "copies batch d_model"],
+        pos: Int[Tensor, " copies"],
+    ) -> Float[Tensor, "copies batch pos d_model"]:
+        """The attention output of every query row when only input row ``pos[c]`` changed (to
+        ``x_new[c]``, already layer-normed), from the unchanged run's cached activations.
+
+        ``cached`` holds that run's ``q, k, v, attn_scores, pattern, z`` (the names after
+        ``attn.hook_``). Only query, key and value ``p = pos[c]`` change, so: query rows
+        ``t < p`` keep their ``z``; row ``p`` is recomputed in full; for ``t > p`` only the score
+        ``s'_tp = q_t . k'_p / sqrt(d_head)`` changes, and ``z'_t = (1 - a) mu_tp + a v'_p`` with
+        ``a = sigmoid(s'_tp - LSE_{s != p} S_ts)`` and ``mu_tp`` the cached pattern's mean of
+        the other values (:func:`_later_rows_coefficients`). ``O(pos * d)`` per copy instead of
+        ``O(pos^2 * d)``. Layers with a relative-position term are not supported (their scores
+        depend on the query through the distance).
+        """
+        if self.relative:
+            raise ValueError(
+                f"layer {self.layer} has a relative-position term; expected a layer without one "
+                "for the incremental update"
+            )
+        q, k, v, z = (cached[name] for name in ("q", "k", "v", "z"))  # [n, P, H, d]
+        qn, kn, vn = self._qkv(x_new)  # [C, n, H, d]
+        idx = torch.arange(len(pos), device=x_new.device)
+        coef = _later_rows_coefficients(
+            q, v, cached["attn_scores"], cached["pattern"], kn, pos, self.scale
+        )
+        c_z, c_mu, c_old, c_new = (c.to(z.dtype) for c in coef[:4])
+        v_p = v[:, pos].transpose(0, 1)  # [C, n, H, dv]
+        W_O = self.W_O  # [H, dv, d_model]
+        out = torch.einsum("cnht,nthm->cntm", c_z, torch.einsum("nthd,hdm->nthm", z, W_O))
+        mu_O = torch.einsum("nhtd,hdm->nthm", coef[4].to(z.dtype), W_O)
+        out = out + torch.einsum("cnht,nthm->cntm", c_mu, mu_O)
+        out = out + torch.einsum("cnht,cnhm->cntm", c_old, torch.einsum("cnhd,hdm->cnhm", v_p, W_O))
+        out = out + torch.einsum("cnht,cnhm->cntm", c_new, torch.einsum("cnhd,hdm->cnhm", vn, W_O))
+        z_p = self._changed_row(qn, kn, vn, k, v, pos)
+        out[idx, :, pos] += torch.einsum("cnhd,hdm->cnm", z_p, W_O)  # its coefficients are 0
+        return out
+
+    def _changed_row(
+        self, qn: Tensor, kn: Tensor, vn: Tensor, k: Tensor, v: Tensor, pos: Tensor
+    ) -> Float[Tensor, "copies batch n_heads d_head"]:
+        """``z`` of query row ``pos[c]``, whose query, key and value all changed."""
+        idx = torch.arange(len(pos), device=qn.device)
+        t = torch.arange(k.shape[1], device=qn.device)
+        scores = torch.einsum("cnhd,nshd->cnhs", qn, k) / self.scale  # [C, n, H, P]
+        scores[idx, :, :, pos] = (qn * kn).sum(-1) / self.scale
+        scores = scores.masked_fill(t[None, None, None, :] > pos[:, None, None, None], -math.inf)
+        A_p = torch.softmax(scores, dim=-1)
+        a_pp = A_p[idx, :, :, pos][..., None]  # [C, n, H, 1]
+        v_p = v[:, pos].transpose(0, 1)
+        return torch.einsum("cnhs,nshd->cnhd", A_p, v) + a_pp * (vn - v_p)
 
     def _relative_scores(
         self,
@@ -191,6 +262,53 @@ class Attention(nn.Module):
         per_distance = torch.einsum("bqhd,hjd->bhqj", q, rel_keys) / self.scale
         batch, heads = per_distance.shape[:2]
         return per_distance.gather(-1, index.expand(batch, heads, n_pos, n_pos))
+
+
+def _later_rows_coefficients(
+    q: Tensor, v: Tensor, S: Tensor, A: Tensor, kn: Tensor, pos: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Coefficients that write each query row's new ``z'_t`` (float64) as
+    ``c_z z_t + c_mu mu*_t + c_old v_p + c_new v'_p`` after key/value ``p = pos[c]`` changed.
+
+    Rows ``t < p`` keep ``z_t`` (``c_z = 1``); rows ``t > p`` see one changed score. The
+    leave-one-out terms come from the cached pattern ``A`` (``(z_t - A_tp v_p) / (1 - A_tp)`` when
+    ``A_tp <= 0.5``, else from the row with its argmax ``p*`` removed, precomputed once per row by
+    :func:`_leave_argmax_out`, whose mean is ``mu*``), so they do not lose precision when a query
+    attends almost only to ``p``. Returns ``c_z, c_mu, c_old, c_new`` (``[C, n, H, P]``) and
+    ``mu* [n, H, P, dv]``.
+    """
+    f64 = torch.float64
+    dev = kn.device
+    s_new = (torch.einsum("nthd,cnhd->cnht", q, kn) / scale).to(f64)  # [C, n, H, P]
+    A64, S64 = A.to(f64), S.to(f64)
+    a_col = A64.permute(3, 0, 1, 2)[pos]  # [C, n, H, P(t)]: A[t, p]
+    safe = a_col.clamp(max=0.5)
+    lse_loo = torch.logsumexp(S64, dim=-1)[None] + torch.log1p(-safe)
+    star_p, star_lse, star_mu = _leave_argmax_out(A64, S64, v.to(f64))
+    use_star = (star_p[None] == pos[:, None, None, None]) & (a_col > 0.5)
+    lse_loo = torch.where(use_star, star_lse[None], lse_loo)
+    alpha = torch.sigmoid(s_new - lse_loo)
+    keep = (1 - alpha) / (1 - safe)
+    zero = torch.zeros((), dtype=f64, device=dev)
+    t = torch.arange(q.shape[1], device=dev)
+    later = t[None, None, None, :] > pos[:, None, None, None]
+    before = (t[None, None, None, :] < pos[:, None, None, None]).to(f64)
+    c_z = torch.where(later, torch.where(use_star, zero, keep), before)
+    c_mu = torch.where(later & use_star, 1 - alpha, zero)
+    c_old = torch.where(later & ~use_star, -keep * a_col, zero)
+    c_new = torch.where(later, alpha, zero)
+    return c_z, c_mu, c_old, c_new, star_mu
+
+
+def _leave_argmax_out(A: Tensor, S: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For every query row, its argmax key ``p*`` and the row's log-sum-exp and value mean
+    without ``p*`` (``[n, H, P]``, ``[n, H, P]``, ``[n, H, P, dv]``; float64)."""
+    star = A.argmax(-1)  # [n, H, P]
+    masked = S.scatter(-1, star[..., None], -math.inf)
+    lse = torch.logsumexp(masked, dim=-1)
+    weights = torch.exp(masked - lse[..., None]).nan_to_num(0.0)
+    mu = torch.einsum("nhts,nshd->nhtd", weights, v)
+    return star, lse, mu
 
 
 class MLP(nn.Module):
@@ -240,6 +358,53 @@ class TransformerBlock(nn.Module):
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
 
+    def add_mlp(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """``resid`` plus the feed-forward block's output (unchanged without one); no hooks."""
+        return resid + self.mlp(self.ln2(resid)) if self.has_mlp else resid
+
+    @property
+    def supports_incremental(self) -> bool:
+        """Whether :meth:`forward_incremental` applies (no relative-position term)."""
+        return not self.attn.relative
+
+    def forward_incremental(
+        self,
+        cached: Mapping[str, Tensor],
+        new: Float[Tensor, "copies batch d_model"],
+        pos: Int[Tensor, " copies"],
+    ) -> Float[Tensor, "copies_batch pos d_model"]:
+        """``resid_post`` of this block when only row ``pos[c]`` of its input changed (to
+        ``new[c]``), for every copy ``c``: the activation patching fast path.
+
+        ``cached`` maps the names of :data:`INCREMENTAL_HOOKS` (relative to ``blocks.{l}.``) to
+        the unchanged run's activations. The attention output comes from
+        :meth:`Attention.incremental_output`; the feed-forward block runs as in the forward pass
+        (no hooks fire). Returns ``[copies * batch, pos, d_model]``.
+        """
+        attn_cache = {
+            name.removeprefix("attn.hook_"): cached[name]
+            for name in INCREMENTAL_HOOKS
+            if name.startswith("attn.")
+        }
+        out = self.attn.incremental_output(attn_cache, self.ln1(new), pos)
+        C, n, P = out.shape[:3]
+        resid = cached["hook_resid_pre"][None].repeat(C, 1, 1, 1)
+        resid[torch.arange(C, device=new.device), :, pos] = new
+        return self.add_mlp((resid + out).reshape(C * n, P, -1))
+
+
+#: Hooks (relative to ``blocks.{l}.``) whose cached values :meth:`TransformerBlock.forward_incremental`
+#: reads.
+INCREMENTAL_HOOKS = (
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+)
+
 
 class Unembed(nn.Module):
     def __init__(self, cfg: AssocConfig):
@@ -254,6 +419,12 @@ class Unembed(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------
+
+
+def _is_text(input: Any) -> bool:
+    return isinstance(input, str) or (
+        isinstance(input, list) and bool(input) and all(isinstance(t, str) for t in input)
+    )
 
 
 def possible_parameter_names(cfg: AssocConfig) -> list[str]:
@@ -387,32 +558,43 @@ class AssocTransformer(HookedRootModule):
     # --- forward --------------------------------------------------------------------------------
     def forward(
         self,
-        input: Int[Tensor, "batch pos"] | str | list[str],
+        input: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"] | str | list[str],
         return_type: Literal["logits", "loss", "both"] | None = "logits",
         loss_per_token: bool = False,
         stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
     ) -> Any:
         """Run the model.
 
         Args:
-            input: Token ids ``[batch, pos]`` (or ``[pos]``), or text (through the tokenizer).
+            input: Token ids ``[batch, pos]`` (or ``[pos]``), or text (through the tokenizer);
+                with ``start_at_layer``, the residual stream ``[batch, pos, d_model]``.
             return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy), ``"both"``
                 (``(logits, loss)``) or ``None``.
             loss_per_token: Return the loss per position ``[batch, pos - 1]``.
             stop_at_layer: Return the residual stream before this block (as TransformerLens).
+            start_at_layer: Start from the residual stream before this block (as
+                TransformerLens; ``n_layers`` runs only ``ln_final`` and the unembedding). There
+                are no tokens then, so ``return_type`` must be ``"logits"`` or ``None``.
 
         Returns:
             Logits ``[batch, pos, d_vocab]``, the loss, both, or ``None``.
+
+        Example:
+            >>> model = AssocTransformer(AssocConfig(d_model=16, n_ctx=8))
+            >>> toks = torch.tensor([[1, 2, 3]])
+            >>> torch.equal(model(model(toks, stop_at_layer=1), start_at_layer=1), model(toks))
+            True
         """
-        is_text = isinstance(input, str) or (
-            isinstance(input, list) and bool(input) and all(isinstance(t, str) for t in input)
-        )
-        tokens = self._validate_tokens(self.to_tokens(input) if is_text else input)
-        resid = self.hook_embed(self.embed(tokens))
-        if hasattr(self, "pos_embed"):
-            resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
+        if start_at_layer is None:
+            tokens = self._validate_tokens(self.to_tokens(input) if _is_text(input) else input)
+            resid = self.hook_embed(self.embed(tokens))
+            if hasattr(self, "pos_embed"):
+                resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
+        else:
+            tokens, resid = None, self._validate_resid(input, start_at_layer, return_type)
         W_rel = self.rel_embed.W_rel if hasattr(self, "rel_embed") else None
-        for block in self.blocks[:stop_at_layer]:
+        for block in self.blocks[start_at_layer:stop_at_layer]:
             resid = block(resid, W_rel)
         if stop_at_layer is not None:
             return resid
@@ -429,6 +611,27 @@ class AssocTransformer(HookedRootModule):
         if return_type == "both":
             return logits, loss
         raise ValueError(f"return_type={return_type!r}; expected 'logits', 'loss', 'both' or None")
+
+    def _validate_resid(self, resid: Any, start_at_layer: Any, return_type: Any) -> Tensor:
+        if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, int):
+            raise ValueError(f"start_at_layer={start_at_layer!r}; expected an integer layer")
+        if not 0 <= start_at_layer <= self.cfg.n_layers:
+            raise ValueError(
+                f"start_at_layer={start_at_layer}; expected 0 <= start_at_layer <= "
+                f"n_layers={self.cfg.n_layers}"
+            )
+        if return_type not in ("logits", None):
+            raise ValueError(
+                f"return_type={return_type!r} with start_at_layer; expected 'logits' or None "
+                "(a residual input has no tokens to score)"
+            )
+        if not isinstance(resid, Tensor) or resid.ndim != 3 or resid.shape[-1] != self.cfg.d_model:
+            shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            raise ValueError(
+                f"input={shape} with start_at_layer; expected a residual stream "
+                f"[batch, pos, d_model={self.cfg.d_model}]"
+            )
+        return resid
 
     @staticmethod
     def loss_fn(

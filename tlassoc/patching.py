@@ -6,10 +6,11 @@ repeated ``P`` times and one hook per layer writes the source activation into co
 of ``batch_size``. Head-output patches (``z``/``result``) of an AssocTransformer also reuse the
 unpatched run's cache: nothing below the patched layer is recomputed, a per-position patch at
 the last layer recomputes one row of logits, and one at an earlier layer updates the next
-block incrementally (see :func:`_run_output_patches`). The numbers equal
+block incrementally (:meth:`tlassoc.model.TransformerBlock.forward_incremental`; the model
+runs on from there with ``start_at_layer``). The numbers equal
 ``transformer_lens.patching``'s one-run-per-patch loop (the tests check max abs difference
-<= 1e-5). Works on AssocTransformer, ``HookedTransformer`` (3.x) and ``TransformerBridge``
-(4.x); call ``model.eval()`` first.
+<= 1e-5). Works on the three model kinds of :mod:`tlassoc.heads.adapter`; call
+``model.eval()`` first. Background in docs/heads_and_patching.md.
 
 Directions, both normalised to ``[0, 1]`` between corrupted and clean (``m`` = metric):
 
@@ -30,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,7 +40,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tlassoc.heads import _check_tokens, _device, _special_ids, bos_token_id, model_kind
+from tlassoc.heads.adapter import (
+    Model,
+    bos_token_id,
+    check_head,
+    check_layer,
+    check_model,
+    check_tokens,
+    model_device,
+    special_token_ids,
+)
+from tlassoc.heads.patterns import attention_patterns
+from tlassoc.metrics import masked_accuracy, masked_mean
+from tlassoc.model import INCREMENTAL_HOOKS
 
 __all__ = [
     "ACTIVATIONS",
@@ -112,7 +124,7 @@ class InductionPrompts:
 
 
 def induction_prompts(
-    model: Any,
+    model: Model,
     repeat_len: int = 20,
     n_samples: int = 8,
     *,
@@ -142,11 +154,12 @@ def induction_prompts(
         >>> bool((p.corrupted[:, 4:] == p.clean[:, 4:]).all())
         True
     """
+    check_model(model)
     if corrupt not in ("first", "second"):
         raise ValueError(f"corrupt={corrupt!r}; expected 'first' or 'second'")
     if repeat_len < 2:
         raise ValueError(f"repeat_len={repeat_len}; expected >= 2")
-    special = _special_ids(model)
+    special = special_token_ids(model)
     pool = torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
     if len(pool) < 2 * repeat_len:
         raise ValueError(
@@ -162,10 +175,10 @@ def induction_prompts(
     use_bos = (bos is not None) if prepend_bos is None else prepend_bos
     if use_bos:
         if bos is None:
-            raise ValueError("prepend_bos=True but the model has no BOS token")
+            raise ValueError("prepend_bos=True; expected a model with a BOS token")
         col = torch.full((n_samples, 1), bos)
         clean, corrupted = torch.cat([col, clean], 1), torch.cat([col, corrupted], 1)
-    device = _device(model)
+    device = model_device(model)
     return InductionPrompts(
         clean.to(device), corrupted.to(device), repeat_len, int(use_bos), corrupt
     )
@@ -254,7 +267,7 @@ class PatchingResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def _default_batch_size(model: Any, n_prompts: int, n_pos: int) -> int:
+def _default_batch_size(model: Model, n_prompts: int, n_pos: int) -> int:
     width = model.cfg.d_vocab + 16 * model.cfg.d_model
     return max(1, int(2**26 // max(1, n_prompts * n_pos * width)))
 
@@ -273,7 +286,7 @@ def _progress(iterable: Any, total: int, progress: bool, desc: str) -> Any:
 
 
 @torch.no_grad()
-def _evaluate(model: Any, tokens: Tensor, metric: Metric, hooks: list) -> Tensor:
+def _evaluate(model: Model, tokens: Tensor, metric: Metric, hooks: list) -> Tensor:
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else model(tokens)
     return _check_metric(metric(logits), tokens.shape[0])
 
@@ -289,7 +302,7 @@ def _check_metric(values: Any, batch: int) -> Tensor:
 
 
 def _run_patches(
-    model: Any,
+    model: Model,
     base: Tensor,
     source: dict[str, Tensor],
     act: str,
@@ -325,14 +338,29 @@ def _run_patches(
     return out
 
 
-def _fast_output_patching(model: Any, act: str) -> bool:
+def _fast_output_patching(model: Model, act: str) -> bool:
     """Whether head-output patches can start from the base run's cache (AssocTransformer)."""
-    return act in ("z", "result") and model_kind(model) == "assoc"
+    return act in ("z", "result") and check_model(model) == "assoc"
+
+
+def _incremental_ok(model: Model, layer: int) -> bool:
+    """Block ``layer`` exists and supports the incremental update (no relative positions)."""
+    return layer < model.cfg.n_layers and model.blocks[layer].supports_incremental
+
+
+def _output_patch_hooks(model: Model, layers: list[int], act: str, per_position: bool) -> set:
+    """The hooks :func:`_run_output_patches` caches on the base run."""
+    names = set()
+    for ly in layers:
+        names |= {f"blocks.{ly}.{ACTIVATIONS[act]}", f"blocks.{ly}.hook_resid_pre"}
+        if per_position and _incremental_ok(model, ly + 1):
+            names |= {f"blocks.{ly + 1}.{h}" for h in INCREMENTAL_HOOKS}
+    return names
 
 
 @torch.no_grad()
 def _run_output_patches(
-    model: Any,
+    model: Model,
     base: Tensor,
     source: dict[str, Tensor],
     act: str,
@@ -344,31 +372,16 @@ def _run_output_patches(
     """Head-output patches on an AssocTransformer, resuming from the base run's cache.
 
     A patch of ``z`` (or ``result``) at layer ``l`` changes nothing below layer ``l``'s attention
-    output, so the base run is cached once and each patched copy starts there. All-position
-    patches recompute layer ``l``'s output projection from the cached ``z`` (head replaced), then
-    the later blocks, ``ln_final`` and the unembedding. A patch at one position ``p`` changes
-    only row ``p`` of the residual stream after layer ``l``, so it is cheaper still:
-
-    * at the last layer, only row ``p`` of the logits is recomputed (the rest are the base run's);
-    * otherwise the next block is updated incrementally (:func:`_next_block_incremental`: only
-      key/value/query ``p`` change, so each later query ``t`` sees one changed score), then the
-      remaining blocks, ``ln_final`` and the unembedding run in full.
-
-    Patches are grouped by layer, so every batch of copies starts at one layer.
+    output, so the base run is cached once and each patched copy starts there
+    (:func:`_patch_all_positions`, :func:`_patch_one_position`). Patches are grouped by layer,
+    so every batch of copies starts at one layer.
     """
     n, n_pos = base.shape
     size = batch_size or _default_batch_size(model, n, n_pos)
-    hook_suffix = ACTIVATIONS[act]
-    n_layers = model.cfg.n_layers
     layers = sorted(set(patches[:, 0].tolist()))
     per_position = bool((patches[:, 2] >= 0).all())
-    names = set()
-    for ly in layers:
-        names |= {f"blocks.{ly}.{hook_suffix}", f"blocks.{ly}.hook_resid_pre"}
-        if per_position and _incremental_ok(model, ly + 1):
-            names |= {f"blocks.{ly + 1}.{h}" for h in _NEXT_BLOCK_HOOKS}
+    names = _output_patch_hooks(model, layers, act, per_position)
     base_logits, cache = model.run_with_cache(base, names_filter=lambda name: name in names)
-    W_rel = model.rel_embed.W_rel if hasattr(model, "rel_embed") else None
     out = torch.empty(len(patches))
     steps = []
     for layer in layers:
@@ -376,191 +389,72 @@ def _run_output_patches(
         steps += [(layer, rows[a:b]) for a, b in _chunks(len(rows), size)]
     for layer, rows in _progress(steps, len(steps), progress, f"patching {act}"):
         chunk = patches[rows].to(base.device)
-        B = len(chunk)
-        block = model.blocks[layer]
-        act_base = cache[f"blocks.{layer}.{hook_suffix}"]  # [n, pos, head, d]
-        src = source[f"blocks.{layer}.{hook_suffix}"].to(act_base.dtype)
-        resid_pre = cache[f"blocks.{layer}.hook_resid_pre"]
+        src = source[f"blocks.{layer}.{ACTIVATIONS[act]}"]
         if per_position:
-            pos = chunk[:, 2]
-            # row p of the patched activation: the base row with one head from the source
-            row = act_base[:, pos].transpose(0, 1).clone()  # [B, n, head, d]
-            idx = torch.arange(B, device=row.device)
-            row[idx, :, chunk[:, 1]] = src[:, pos, chunk[:, 1]].transpose(0, 1)
-            attn_row = _project(block.attn, row.reshape(B * n, 1, *row.shape[2:]), act)
-            new = resid_pre[:, pos].transpose(0, 1).reshape(B * n, 1, -1) + attn_row
-            if block.has_mlp:
-                new = new + block.mlp(block.ln2(new))
-            new = new.reshape(B, n, -1)  # resid_post of layer l at row p; other rows unchanged
-            if layer == n_layers - 1:
-                final = model.ln_final(new) if hasattr(model, "ln_final") else new
-                logits = base_logits[None].repeat(B, 1, 1, 1)
-                logits[idx, :, pos] = model.unembed(final)
-                logits = logits.reshape(B * n, n_pos, -1)
-            else:
-                if _incremental_ok(model, layer + 1):
-                    resid = _next_block_incremental(model, layer + 1, cache, new, pos)
-                    start = layer + 2
-                else:
-                    resid = cache[f"blocks.{layer}.hook_resid_pre"]
-                    resid = _resid_post(model, layer, cache, act, resid)[None].repeat(B, 1, 1, 1)
-                    resid[idx, :, pos] = new
-                    resid = resid.reshape(B * n, n_pos, -1)
-                    start = layer + 1
-                logits = _finish(model, resid, start, W_rel)
+            logits = _patch_one_position(model, layer, cache, src, act, chunk, base_logits)
         else:
-            mask = torch.zeros(B, act_base.shape[2], n_pos, dtype=torch.bool, device=base.device)
-            _fill(mask, torch.arange(B), chunk[:, 1], chunk[:, 2])
-            mask = mask.transpose(1, 2)[:, None, :, :, None]  # [B, 1, pos, head, 1]
-            patched = torch.where(mask, src[None], act_base[None])
-            attn_out = _project(block.attn, patched.reshape(B * n, *act_base.shape[1:]), act)
-            resid = resid_pre.repeat(B, 1, 1) + attn_out
-            if block.has_mlp:
-                resid = resid + block.mlp(block.ln2(resid))
-            logits = _finish(model, resid, layer + 1, W_rel)
-        values = _check_metric(metric(logits), B * n)
-        out[rows.cpu()] = values.reshape(B, n).mean(1).cpu()
+            logits = _patch_all_positions(model, layer, cache, src, act, chunk)
+        values = _check_metric(metric(logits), len(chunk) * n)
+        out[rows.cpu()] = values.reshape(len(chunk), n).mean(1).cpu()
     return out
 
 
-#: Hooks of the block after a patched layer that :func:`_next_block_incremental` reads.
-_NEXT_BLOCK_HOOKS = (
-    "hook_resid_pre",
-    "attn.hook_q",
-    "attn.hook_k",
-    "attn.hook_v",
-    "attn.hook_attn_scores",
-    "attn.hook_pattern",
-    "attn.hook_z",
-)
-
-
-def _incremental_ok(model: Any, layer: int) -> bool:
-    """Block ``layer`` exists and has no relative-position term (whose scores depend on the
-    query through the distance, which the incremental update does not recompute)."""
-    return layer < model.cfg.n_layers and not model.blocks[layer].attn.relative
-
-
-def _project(attn: Any, x: Tensor, act: str) -> Tensor:
-    """The attention output from ``z`` (or ``result``), computed as ``Attention.forward`` does."""
-    if act == "result":
-        return x.sum(dim=2)
-    if attn.cfg.use_attn_result:
-        return torch.einsum("bqhd,hdm->bqhm", x, attn.W_O).sum(dim=2)
-    return torch.einsum("bqhd,hdm->bqm", x, attn.W_O)
-
-
-def _resid_post(model: Any, layer: int, cache: Any, act: str, resid_pre: Tensor) -> Tensor:
-    """Base ``resid_post`` of ``layer`` recomputed from the cache (``[n, pos, d_model]``)."""
+def _patch_all_positions(
+    model: Model, layer: int, cache: Any, src: Tensor, act: str, chunk: Tensor
+) -> Float[Tensor, "copies_batch pos d_vocab"]:
+    """Logits of each copy with head ``chunk[c, 1]``'s activation replaced at every position:
+    layer ``layer``'s output projection recomputed from the cached activation, then the later
+    blocks, ``ln_final`` and the unembedding."""
     block = model.blocks[layer]
-    resid = resid_pre + _project(block.attn, cache[f"blocks.{layer}.{ACTIVATIONS[act]}"], act)
-    if block.has_mlp:
-        resid = resid + block.mlp(block.ln2(resid))
-    return resid
+    act_base = cache[f"blocks.{layer}.{ACTIVATIONS[act]}"]  # [n, pos, head, d]
+    n, n_pos = act_base.shape[:2]
+    B = len(chunk)
+    mask = torch.zeros(B, act_base.shape[2], n_pos, dtype=torch.bool, device=act_base.device)
+    _fill(mask, torch.arange(B), chunk[:, 1], chunk[:, 2])
+    mask = mask.transpose(1, 2)[:, None, :, :, None]  # [B, 1, pos, head, 1]
+    patched = torch.where(mask, src.to(act_base.dtype)[None], act_base[None])
+    attn_out = block.attn.project(patched.reshape(B * n, *act_base.shape[1:]), act)
+    resid = block.add_mlp(cache[f"blocks.{layer}.hook_resid_pre"].repeat(B, 1, 1) + attn_out)
+    return model(resid, start_at_layer=layer + 1)
 
 
-def _finish(model: Any, resid: Tensor, start: int, W_rel: Tensor | None) -> Tensor:
-    """Run blocks ``start..`` , ``ln_final`` (if any) and the unembedding."""
-    for later in model.blocks[start:]:
-        resid = later(resid, W_rel)
-    if hasattr(model, "ln_final"):
-        resid = model.ln_final(resid)
-    return model.unembed(resid)
-
-
-def _next_block_incremental(
-    model: Any, layer: int, cache: Any, new: Tensor, pos: Tensor
-) -> Float[Tensor, "copies pos d_model"]:
-    """``resid_post`` of block ``layer`` when only row ``pos[b]`` of its input changed.
-
-    ``new [B, n, d_model]`` is the changed input row of copy ``b``. Only query, key and value
-    ``p = pos[b]`` change, so: query rows ``t < p`` keep their base ``z``; row ``p`` is
-    recomputed in full; for ``t > p`` only the score ``s'_tp = q_t . k'_p / sqrt(d_head)``
-    changes, and ``z'_t = (1 - a) mu_tp + a v'_p`` with ``a = sigmoid(s'_tp - LSE_{s != p}
-    S_ts)`` and ``mu_tp`` the base pattern's mean of the other values. The leave-one-out terms
-    come from the cached base pattern (``(z_t - A_tp v_p) / (1 - A_tp)`` when ``A_tp <= 0.5``,
-    else from the row with column ``p`` removed, precomputed once per row) in float64, so they
-    do not lose precision when a query attends almost only to ``p``. ``O(pos * d)`` per copy
-    instead of ``O(pos^2 * d)``; the output projection, feed-forward layer and everything after
-    run as in the forward pass.
-    """
+def _patch_one_position(
+    model: Model,
+    layer: int,
+    cache: Any,
+    src: Tensor,
+    act: str,
+    chunk: Tensor,
+    base_logits: Tensor,
+) -> Float[Tensor, "copies_batch pos d_vocab"]:
+    """Logits of each copy with head ``chunk[c, 1]``'s activation replaced at position
+    ``p = chunk[c, 2]`` only, which changes only row ``p`` of the residual stream after layer
+    ``l``. At the last layer only row ``p`` of the logits is recomputed; otherwise the next
+    block is updated incrementally (:meth:`~tlassoc.model.TransformerBlock.forward_incremental`)
+    when it can be, and the remaining blocks, ``ln_final`` and the unembedding run in full."""
     block = model.blocks[layer]
-    attn = block.attn
-    pre = f"blocks.{layer}."
-    R = cache[pre + "hook_resid_pre"]  # [n, P, d_model]
-    q, k, v = (cache[pre + f"attn.hook_{x}"] for x in "qkv")  # [n, P, H, d]
-    S = cache[pre + "attn.hook_attn_scores"]  # [n, H, P, P], -inf above the diagonal
-    A = cache[pre + "attn.hook_pattern"]
-    z = cache[pre + "attn.hook_z"]  # [n, P, H, dv]
-    B, n, _ = new.shape
-    P, H = q.shape[1], q.shape[2]
-    dev = new.device
-    idx = torch.arange(B, device=dev)
-    x = block.ln1(new)  # [B, n, d_model]
-    if attn.cfg.identity_query:
-        qn = x[:, :, None, :].repeat(1, 1, H, 1)
-    else:
-        qn = torch.einsum("bpm,hmd->bphd", x, attn.W_Q)
-    kn = torch.einsum("bpm,hmd->bphd", x, attn.W_K)  # [B, n, H, d]
-    vn = torch.einsum("bpm,hmd->bphd", x, attn.W_V)
-    t = torch.arange(P, device=dev)
-
-    # row p, recomputed in full (query, key and value p all changed)
-    scores_p = torch.einsum("bnhd,nshd->bnhs", qn, k) / attn.scale  # [B, n, H, P]
-    scores_p[idx, :, :, pos] = (qn * kn).sum(-1) / attn.scale
-    scores_p = scores_p.masked_fill(t[None, None, None, :] > pos[:, None, None, None], -math.inf)
-    A_p = torch.softmax(scores_p, dim=-1)
-    v_p = v[:, pos].transpose(0, 1)  # [B, n, H, dv]
-    a_pp = A_p[idx, :, :, pos][..., None]  # [B, n, H, 1]
-    z_p = torch.einsum("bnhs,nshd->bnhd", A_p, v) + a_pp * (vn - v_p)
-
-    # rows t > p: one changed score per row, z'_t = (1 - a) mu_tp + a v'_p, written through the
-    # per-head output projection as c1 z_t + c_mu mu*_t + c_old v_p + c_new v'_p
-    f64 = torch.float64
-    s_new = (torch.einsum("nthd,bnhd->bnht", q, kn) / attn.scale).to(f64)  # [B, n, H, P]
-    A64, S64 = A.to(f64), S.to(f64)
-    a_col = A64.permute(3, 0, 1, 2)[pos]  # [B, n, H, P(t)]: A[t, p]
-    safe = a_col.clamp(max=0.5)
-    lse_loo = torch.logsumexp(S64, dim=-1)[None] + torch.log1p(-safe)
-    star_p, star_lse, star_mu = _leave_argmax_out(A64, S64, v.to(f64))
-    use_star = (star_p[None] == pos[:, None, None, None]) & (a_col > 0.5)
-    lse_loo = torch.where(use_star, star_lse[None], lse_loo)
-    alpha = torch.sigmoid(s_new - lse_loo)
-    keep = (1 - alpha) / (1 - safe)
-    zero = torch.zeros((), dtype=f64, device=dev)
-    later = t[None, None, None, :] > pos[:, None, None, None]
-    before = (t[None, None, None, :] < pos[:, None, None, None]).to(f64)
-    c_z = torch.where(later, torch.where(use_star, zero, keep), before)
-    c_mu = torch.where(later & use_star, 1 - alpha, zero)
-    c_old = torch.where(later & ~use_star, -keep * a_col, zero)
-    c_new = torch.where(later, alpha, zero)
-    dt = z.dtype
-    c_z, c_mu, c_old, c_new = (c.to(dt) for c in (c_z, c_mu, c_old, c_new))
-    W_O = attn.W_O  # [H, dv, d_model]
-    z_O = torch.einsum("nthd,hdm->nthm", z, W_O)
-    mu_O = torch.einsum("nhtd,hdm->nthm", star_mu.to(dt), W_O)
-    out = torch.einsum("bnht,nthm->bntm", c_z, z_O)
-    out = out + torch.einsum("bnht,nthm->bntm", c_mu, mu_O)
-    out = out + torch.einsum("bnht,bnhm->bntm", c_old, torch.einsum("bnhd,hdm->bnhm", v_p, W_O))
-    out = out + torch.einsum("bnht,bnhm->bntm", c_new, torch.einsum("bnhd,hdm->bnhm", vn, W_O))
-    out[idx, :, pos] += torch.einsum("bnhd,hdm->bnm", z_p, W_O)  # row p (its coefficients are 0)
-    resid = R[None].repeat(B, 1, 1, 1)
+    act_base = cache[f"blocks.{layer}.{ACTIVATIONS[act]}"]  # [n, pos, head, d]
+    resid_pre = cache[f"blocks.{layer}.hook_resid_pre"]
+    n, n_pos = act_base.shape[:2]
+    B, pos, idx = len(chunk), chunk[:, 2], torch.arange(len(chunk), device=chunk.device)
+    # row p of the patched activation: the base row with one head from the source
+    row = act_base[:, pos].transpose(0, 1).clone()  # [B, n, head, d]
+    row[idx, :, chunk[:, 1]] = src.to(act_base.dtype)[:, pos, chunk[:, 1]].transpose(0, 1)
+    attn_row = block.attn.project(row.reshape(B * n, 1, *row.shape[2:]), act)
+    new = resid_pre[:, pos].transpose(0, 1).reshape(B * n, 1, -1) + attn_row
+    new = block.add_mlp(new).reshape(B, n, -1)  # resid_post of layer l at row p
+    if layer == model.cfg.n_layers - 1:
+        logits = base_logits[None].repeat(B, 1, 1, 1)
+        logits[idx, :, pos] = model(new, start_at_layer=model.cfg.n_layers)
+        return logits.reshape(B * n, n_pos, -1)
+    nxt = layer + 1
+    if _incremental_ok(model, nxt):
+        cached = {h: cache[f"blocks.{nxt}.{h}"] for h in INCREMENTAL_HOOKS}
+        resid = model.blocks[nxt].forward_incremental(cached, new, pos)
+        return model(resid, start_at_layer=nxt + 1)
+    resid = block.add_mlp(resid_pre + block.attn.project(act_base, act))[None].repeat(B, 1, 1, 1)
     resid[idx, :, pos] = new
-    resid = (resid + out).reshape(B * n, P, -1)
-    if block.has_mlp:
-        resid = resid + block.mlp(block.ln2(resid))
-    return resid
-
-
-def _leave_argmax_out(A: Tensor, S: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For every query row, its argmax key ``p*`` and the row's log-sum-exp and value mean
-    without ``p*`` (``[n, H, P]``, ``[n, H, P]``, ``[n, H, P, dv]``; float64)."""
-    star = A.argmax(-1)  # [n, H, P]
-    masked = S.scatter(-1, star[..., None], -math.inf)
-    lse = torch.logsumexp(masked, dim=-1)
-    weights = torch.exp(masked - lse[..., None]).nan_to_num(0.0)
-    mu = torch.einsum("nhts,nshd->nhtd", weights, v)
-    return star, lse, mu
+    return model(resid.reshape(B * n, n_pos, -1), start_at_layer=nxt)
 
 
 def _make_patch_hook(
@@ -607,7 +501,7 @@ def _base_and_source(prompts: Any, direction: str) -> tuple[Tensor, Tensor]:
 
 
 def patch_heads(
-    model: Any,
+    model: Model,
     prompts: InductionPrompts | tuple[Tensor, Tensor],
     metric: Metric | None = None,
     *,
@@ -629,7 +523,7 @@ def patch_heads(
     ``_by_pos`` (with ``direction="denoise"``; ``"noise"`` swaps the two prompts).
 
     Args:
-        model: Any TransformerLens model in eval mode.
+        model: Any of the three model kinds, in eval mode.
         prompts: :class:`InductionPrompts` or a ``(clean, corrupted)`` pair of equal shapes.
         metric: ``logits [batch, pos, vocab] -> [batch]``; default
             :func:`induction_logprob_metric` (needs :class:`InductionPrompts`).
@@ -648,11 +542,11 @@ def patch_heads(
         >>> patch_heads(model, p, per_position=True).values.shape
         torch.Size([2, 8, 1])
     """
+    check_model(model)
     if act not in ACTIVATIONS:
         raise ValueError(f"act={act!r}; expected one of {list(ACTIVATIONS)}")
     metric = _default_metric(prompts, metric)
-    base, src_tokens = _base_and_source(prompts, direction)
-    base, src_tokens = _check_tokens(model, base), _check_tokens(model, src_tokens)
+    base, src_tokens = (_tokens(model, x) for x in _base_and_source(prompts, direction))
     if base.shape != src_tokens.shape:
         raise ValueError(
             f"clean and corrupted prompts differ in shape: {tuple(base.shape)} vs "
@@ -661,8 +555,7 @@ def patch_heads(
     L = model.cfg.n_layers
     layer_list = list(range(L)) if layers is None else [int(x) for x in layers]
     for layer in layer_list:
-        if not 0 <= layer < L:
-            raise ValueError(f"layer {layer} is outside [0, n_layers={L})")
+        check_layer(layer, L)
     names = {f"blocks.{layer}.{ACTIVATIONS[act]}" for layer in layer_list}
     with torch.no_grad():
         _, cache = model.run_with_cache(src_tokens, names_filter=lambda n: n in names)
@@ -680,7 +573,7 @@ def patch_heads(
     )
     for p in pos_list:
         if not 0 <= p < n_pos:
-            raise ValueError(f"position {p} is outside [0, {n_pos})")
+            raise ValueError(f"position {p}; expected 0 <= position < {n_pos}")
     if per_position:
         grid = [(ly, h, p) for ly in layer_list for p in pos_list for h in range(H)]
     else:
@@ -707,10 +600,14 @@ def _default_metric(prompts: Any, metric: Metric | None) -> Metric:
     return induction_logprob_metric(prompts)
 
 
-def _clean_corrupted(model: Any, prompts: Any, metric: Metric) -> tuple[float, float]:
+def _tokens(model: Model, tokens: Any) -> Tensor:
+    return check_tokens(tokens, model.cfg.d_vocab, model_device(model))
+
+
+def _clean_corrupted(model: Model, prompts: Any, metric: Metric) -> tuple[float, float]:
     clean, corrupted = _base_and_source(prompts, "noise")
-    c = _evaluate(model, _check_tokens(model, clean), metric, []).mean().item()
-    k = _evaluate(model, _check_tokens(model, corrupted), metric, []).mean().item()
+    c = _evaluate(model, _tokens(model, clean), metric, []).mean().item()
+    k = _evaluate(model, _tokens(model, corrupted), metric, []).mean().item()
     return c, k
 
 
@@ -720,7 +617,7 @@ def _clean_corrupted(model: Any, prompts: Any, metric: Metric) -> tuple[float, f
 
 
 def path_patch_keys(
-    model: Any,
+    model: Model,
     prompts: InductionPrompts | tuple[Tensor, Tensor],
     metric: Metric | None = None,
     *,
@@ -750,13 +647,14 @@ def path_patch_keys(
         >>> path_patch_keys(model, p).values.shape
         torch.Size([1, 1])
     """
+    check_model(model)
     if not 0 <= sender_layer < receiver_layer < model.cfg.n_layers:
         raise ValueError(
             f"sender_layer {sender_layer} and receiver_layer {receiver_layer} must satisfy "
             f"0 <= sender < receiver < n_layers={model.cfg.n_layers}"
         )
     metric = _default_metric(prompts, metric)
-    base, src_tokens = (_check_tokens(model, x) for x in _base_and_source(prompts, direction))
+    base, src_tokens = (_tokens(model, x) for x in _base_and_source(prompts, direction))
     z_name = f"blocks.{sender_layer}.attn.hook_z"
     k_name = f"blocks.{receiver_layer}.attn.hook_k"
     scale_name = f"blocks.{receiver_layer}.ln1.hook_scale"
@@ -804,20 +702,17 @@ def path_patch_keys(
 AblationKind = Literal["zero", "mean", "pattern_preserving"]
 
 
-def _check_heads(model: Any, heads: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def _check_heads(model: Model, heads: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     out = []
     for layer, head in heads:
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ValueError(f"layer {layer} is outside [0, n_layers={model.cfg.n_layers})")
-        if not 0 <= head < model.cfg.n_heads:
-            raise ValueError(f"head {head} is outside [0, n_heads={model.cfg.n_heads})")
-        out.append((int(layer), int(head)))
+        layer, head = int(layer), int(head)
+        out.append((check_layer(layer, model.cfg.n_layers), check_head(head, model.cfg.n_heads)))
     return out
 
 
 @torch.no_grad()
 def ablate_heads(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     heads: Iterable[tuple[int, int]],
     kind: AblationKind = "zero",
@@ -833,7 +728,7 @@ def ablate_heads(
       ``mean_tokens`` (default: ``tokens``).
     * ``"pattern_preserving"``: every head's attention pattern is first recorded on the
       unablated run, then frozen while the heads' ``z`` is zeroed, so only value paths (and the
-      direct path) change (Olsson et al. 2022; METRICS.md's definition).
+      direct path) change (Olsson et al. 2022; see docs/method.md, Head metrics).
 
     Zero/mean ablation asks whether a head is needed at all; pattern-preserving ablation asks
     whether it is needed *through the values it writes* while every later head keeps looking
@@ -848,24 +743,25 @@ def ablate_heads(
         >>> ablate_heads(model, torch.tensor([[1, 2, 3]]), [(0, 0)], "mean").shape
         torch.Size([1, 3, 65])
     """
-    tokens = _check_tokens(model, tokens)
+    check_model(model)
+    tokens = _tokens(model, tokens)
     heads = _check_heads(model, heads)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
     hooks: list[tuple[str, Callable[..., Tensor]]] = []
     if kind == "mean":
-        ref = tokens if mean_tokens is None else _check_tokens(model, mean_tokens)
+        ref = tokens if mean_tokens is None else _tokens(model, mean_tokens)
         names = {f"blocks.{ly}.attn.hook_z" for ly in by_layer}
         _, cache = model.run_with_cache(ref, names_filter=lambda n: n in names)
         means = {n: cache[n].mean(dim=(0, 1)) for n in names}  # [head, d_head]
     elif kind not in ("zero", "pattern_preserving"):
         raise ValueError(f"kind={kind!r}; expected 'zero', 'mean' or 'pattern_preserving'")
     if kind == "pattern_preserving":
-        pnames = {f"blocks.{ly}.attn.hook_pattern" for ly in range(model.cfg.n_layers)}
-        _, pcache = model.run_with_cache(tokens, names_filter=lambda n: n in pnames)
-        for name in pnames:
-            hooks.append((name, lambda p, hook, saved=pcache[name]: saved.to(p.dtype)))
+        saved = attention_patterns(model, tokens)  # [batch, layer, head, q, k]
+        for ly in range(model.cfg.n_layers):
+            name = f"blocks.{ly}.attn.hook_pattern"
+            hooks.append((name, lambda p, hook, A=saved[:, ly]: A.to(p.dtype)))
     for layer, hs in by_layer.items():
         name = f"blocks.{layer}.attn.hook_z"
         idx = torch.tensor(hs)
@@ -883,20 +779,18 @@ def ablate_heads(
 def _losses(logits: Tensor, targets: Tensor, labels: Tensor, min_label: int) -> dict[str, float]:
     logp = logits.float().log_softmax(-1)
     nll = -logp.gather(-1, targets[..., None])[..., 0]
-    correct = (logits.argmax(-1) == targets).float()
     glob, ic = labels == 0, labels >= min_label
-    nan = float("nan")
     return {
-        "global_loss": nll[glob].mean().item() if glob.any() else nan,
-        "in_context_loss": nll[ic].mean().item() if ic.any() else nan,
-        "global_acc": correct[glob].mean().item() if glob.any() else nan,
-        "in_context_acc": correct[ic].mean().item() if ic.any() else nan,
+        "global_loss": masked_mean(nll, glob),
+        "in_context_loss": masked_mean(nll, ic),
+        "global_acc": masked_accuracy(logits, targets, glob),
+        "in_context_acc": masked_accuracy(logits, targets, ic),
     }
 
 
 @torch.no_grad()
 def ablation_effects(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch pos"],
     labels: Int[Tensor, "batch pos"],
@@ -921,7 +815,8 @@ def ablation_effects(
         >>> df["kind"].tolist()
         ['none', 'zero', 'zero']
     """
-    tokens = _check_tokens(model, tokens)
+    check_model(model)
+    tokens = _tokens(model, tokens)
     targets, labels = targets.to(tokens.device), labels.to(tokens.device)
     if heads is None:
         heads = [(ly, h) for ly in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
@@ -946,6 +841,3 @@ def ablation_effects(
         df[f"d_{key}"] = df[key] - base[key]
     return df
 
-
-def _isnan(x: float) -> bool:
-    return isinstance(x, float) and math.isnan(x)

@@ -1,4 +1,6 @@
-"""Ready-made configurations of the papers' models.
+"""Ready-made model configurations (:class:`~tlassoc.config.AssocConfig`) of the papers' models.
+
+Whole runs (a model, a training recipe and a task) are in :mod:`tlassoc.recipes`.
 
 Every preset takes keyword overrides of any :class:`~tlassoc.config.AssocConfig` field.
 
@@ -73,6 +75,28 @@ def rpe(**overrides: Any) -> AssocConfig:
     )
 
 
+def full(**overrides: Any) -> AssocConfig:
+    """The realistic counterpart of the simplified model: pre-LayerNorm, 4 heads, learned query,
+    ReLU feed-forward layers in both layers, absolute positions, everything trainable.
+
+    Example:
+        >>> full(d_model=64).n_heads
+        4
+    """
+    base: dict[str, Any] = dict(
+        n_layers=2,
+        d_model=128,
+        n_heads=4,
+        n_ctx=512,
+        positional_embedding_type="standard",
+        normalization_type="LN",
+        ffn_type="relu",
+        ffn_layers=(0, 1),
+        model_name="full",
+    )
+    return AssocConfig(**{**base, **overrides})
+
+
 def nope(**overrides: Any) -> AssocConfig:
     """Three layers and no positional information at all (``W_Q = I``, embeddings frozen).
 
@@ -93,4 +117,4 @@ def nope(**overrides: Any) -> AssocConfig:
     return AssocConfig(**base)
 
 
-__all__ = ["SIMPLIFIED_FROZEN", "ape", "bietti_simplified", "nope", "rpe"]
+__all__ = ["SIMPLIFIED_FROZEN", "ape", "bietti_simplified", "full", "nope", "rpe"]

@@ -31,13 +31,16 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pandas as pd
 import torch
 
 from tlassoc._tl import TL_MAJOR
+
+if TYPE_CHECKING:
+    from tlassoc.heads.adapter import Model
 
 __all__ = [
     "GPT2_INDUCTION_HEADS",
@@ -345,7 +348,7 @@ def gpt2_like(
 
 
 def compare_induction_heads(
-    models: Mapping[str, Any], *, repeat_len: int = 50, n_samples: int = 10, seed: int = 0
+    models: Mapping[str, Model], *, repeat_len: int = 50, n_samples: int = 10, seed: int = 0
 ) -> tuple[pd.DataFrame, Any]:
     """Induction and previous-token scores of several models' heads, side by side.
 
@@ -367,20 +370,21 @@ def compare_induction_heads(
         ['rpe']
     """
     from tlassoc.heads import (
-        _pool_size,
         induction_scores,
         previous_token_scores,
         random_block_tokens,
         scores_frame,
     )
+    from tlassoc.heads.patterns import token_pool_size
     from tlassoc.viz.heads import plot_model_comparison
 
     frames = []
     for label, model in models.items():
-        L = min(repeat_len, _pool_size(model), (model.cfg.n_ctx - 1) // 2)
+        pool = token_pool_size(model)
+        L = min(repeat_len, pool, (model.cfg.n_ctx - 1) // 2)
         ind = induction_scores(model, repeat_len=L, n_samples=n_samples, seed=seed)
         tokens, _ = random_block_tokens(
-            model, min(64, _pool_size(model), model.cfg.n_ctx - 1), 1, n_samples, seed=seed + 1
+            model, min(64, pool, model.cfg.n_ctx - 1), 1, n_samples, seed=seed + 1
         )
         prev = previous_token_scores(model, tokens)
         frames.append(scores_frame({"induction": ind, "previous_token": prev}, label))

@@ -1,4 +1,5 @@
-"""Predicted logits of the associative-memory transformer on designed prompts (PAPER.md §5).
+"""Predicted logits of the associative-memory transformer on designed prompts (see
+docs/method.md, Theory on designed prompts).
 
 For a prompt ending in token ``a``, let ``S_a`` be the positions right after earlier
 occurrences of ``a`` (``s`` with ``z_{s-1} = a``, ``s <= t``). The induction head attends
@@ -10,8 +11,8 @@ uniformly over ``S_a`` and copies ``z_s``; the feed-forward memory adds the glob
 which for the ideal memories (``A = α I``, ``B = β π_b``) is Wang & Sato's
 ``α |{s ∈ S_a : z_s = j}| / |S_a| + β π_b(j|a)``. [ours] refinements, each switchable:
 
-* APE: a key ``s >= train_len`` has no working previous-token head, so it is dropped from
-  ``S_a`` (the model falls back to the bigram when all evidence is late).
+* ``standard`` positions: a key ``s >= train_len`` has no working previous-token head, so it
+  is dropped from ``S_a`` (the model falls back to the bigram when all evidence is late).
 * Position 0 attends only to itself, so its key looks like "after ``z_0``": when ``z_0 = a`` it
   joins ``S_a`` and copies ``a`` (``first_token=True``).
 * With ``S_a`` empty the induction head spreads over all keys: ``ξ`` uses the mean of
@@ -39,7 +40,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tlassoc.model import AssocTransformer
+from tlassoc.heads.adapter import Model, check_model, check_tokens, head_weights, model_device
 
 __all__ = [
     "DesignedPrompt",
@@ -59,7 +60,8 @@ class TheoryParams:
         copy: ``A [d_vocab, d_vocab]``: logits written when the induction head copies token
             ``k`` (row ``k``).
         bigram: ``B [d_vocab, d_vocab]``: logits from the current token ``a`` alone (row ``a``).
-        train_len: APE training length (keys at ``s >= train_len`` are ignored); ``None``: none.
+        train_len: training length with ``standard`` positions (keys at ``s >= train_len`` are
+            ignored); ``None``: none.
         first_token: count position 0 as "after ``z_0``".
         empty: ``"uniform"`` or ``"zero"`` (module docs).
     """
@@ -104,8 +106,8 @@ class TheoryParams:
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, model: AssocTransformer, **kwargs: Any) -> TheoryParams:
-        """Read ``A`` and ``B`` off a model's weights.
+    def from_model(cls, model: Model, **kwargs: Any) -> TheoryParams:
+        """Read ``A`` and ``B`` off a model's weights (any of the three kinds).
 
         ``A`` is the last layer's full OV circuit on the token embeddings,
         ``w_E(k) W_V W_O W_U`` (summed over heads); ``B`` is everything that depends on the
@@ -118,36 +120,24 @@ class TheoryParams:
             >>> p.copy.shape
             torch.Size([65, 65])
         """
-        if not isinstance(model, AssocTransformer):
-            raise ValueError(f"from_model needs an AssocTransformer, got {type(model).__name__}")
-        cfg = model.cfg
-        if cfg.normalization_type is not None:
-            raise ValueError("TheoryParams.from_model needs a model without layer norm")
-        last = cfg.n_layers - 1
-        W_E, W_U = model.W_E.detach().float(), model.W_U.detach().float()
-        attn = model.blocks[last].attn
-        ov = torch.einsum(
-            "vm,hmd,hdn->vn", W_E, attn.W_V.detach().float(), attn.W_O.detach().float()
-        )
-        copy = ov @ W_U
+        w = head_weights(model)
+        if w.normalization_type is not None:
+            raise ValueError(
+                f"normalization_type={w.normalization_type!r}; TheoryParams.from_model expected "
+                "a model without layer norm (None)"
+            )
+        last = w.n_layers - 1
+        W_E, W_U = w.W_E.float(), w.W_U.float()
+        copy = w.full_ov(last).float()
         resid = W_E.clone()
-        if cfg.has_ffn(last):
-            resid = resid + model.blocks[last].mlp(W_E[None])[0].float()
+        ffn = w.ffn[last] if last < len(w.ffn) else None
+        if ffn is not None:
+            resid = resid + ffn(w.W_E).float()
         return cls(copy.cpu(), (resid @ W_U).cpu(), **kwargs)
 
 
 def _check_tokens(tokens: Any, d_vocab: int) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point:
-        raise ValueError("prompt tokens must be an integer tensor")
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        raise ValueError(f"prompt tokens have shape {tuple(tokens.shape)}; expected [batch, pos]")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= d_vocab:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {d_vocab})")
-    return tokens.long().cpu()
+    return check_tokens(tokens, d_vocab, "cpu", what="prompt token")
 
 
 def predict_logits(
@@ -236,7 +226,7 @@ def designed_prompts(
     train_len: int | None = None,
     seed: int = 0,
 ) -> list[DesignedPrompt]:
-    """A balanced set of designed prompts (PAPER.md §5).
+    """A balanced set of designed prompts (docs/method.md, Theory on designed prompts).
 
     Families cycle over ``counts`` (``(n, m)``), ``relation`` (agree/disagree) and placement
     (near/far; plus ``beyond`` when ``train_len`` is given, in prompts of length
@@ -344,7 +334,7 @@ def summarize(frame: pd.DataFrame) -> dict[str, float]:
 
 @torch.no_grad()
 def compare(
-    model: AssocTransformer,
+    model: Model,
     prompts: list[DesignedPrompt],
     params: TheoryParams | None = None,
     *,
@@ -353,7 +343,7 @@ def compare(
     """Predicted versus measured logits at the last position of each prompt.
 
     Args:
-        model: the model.
+        model: any of the three model kinds.
         prompts: from :func:`designed_prompts` (or any :class:`DesignedPrompt` list).
         params: the theory's memories; default :meth:`TheoryParams.from_model`.
         batch_size: prompts per forward pass (prompts are grouped by length).
@@ -373,8 +363,7 @@ def compare(
         >>> frame.attrs["summary"]["agreement"] > 0.8
         True
     """
-    if not isinstance(model, AssocTransformer):
-        raise ValueError(f"compare needs an AssocTransformer, got {type(model).__name__}")
+    check_model(model)
     if not prompts:
         raise ValueError("compare got no prompts")
     if params is None:
@@ -401,7 +390,7 @@ def compare(
         for idx in by_len.values():
             for lo in range(0, len(idx), batch_size):
                 chunk = idx[lo : lo + batch_size]
-                toks = torch.stack([prompts[k].tokens for k in chunk]).to(model.W_E.device)
+                toks = torch.stack([prompts[k].tokens for k in chunk]).to(model_device(model))
                 logits = model(toks)[:, -1].float().cpu()
                 for k, row in zip(chunk, logits, strict=True):
                     measured[k] = row

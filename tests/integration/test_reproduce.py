@@ -1,60 +1,111 @@
-"""`tlassoc reproduce --quick` writes the full report (results, tables, figures, HTML)."""
+"""`tlassoc reproduce`: the experiment framework writes the full report, and the ported
+length-generalisation experiment gives the same numbers as before the port."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from tlassoc.cli import main
+from tlassoc.experiments import get
 from tlassoc.experiments.length_generalization import LengthGenConfig, train_and_evaluate
+
+REFERENCE = Path(__file__).parents[1] / "data"
 
 
 @pytest.mark.slow
 def test_reproduce_quick_writes_everything(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path), "--quick", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "prev-token acc beyond T_train" in out
+    assert "rpe_prev_token_beyond:" in out and "claims hold:" in out
     results = json.loads((tmp_path / "results.json").read_text())
-    for enc in ("rpe", "ape"):
-        m = results["models"][enc]
+    assert results["experiment"] == "length_generalization" and results["seeds"] == [0]
+    T = results["config"]["task"]["seq_len"]
+    for enc in ("relative", "standard"):
+        m = results["per_seed"][0][enc]
         assert len(m["prev_token_acc_per_position"]) == 512
         for key in ("prev_token_acc_within", "prev_token_acc_beyond"):
             assert 0.0 <= m[key] <= 1.0
         for key in ("segment", "segment_near"):
             seg = m[key]
-            assert seg["late_prefix"] > results["config"]["train_len"]
+            assert seg["late_prefix"] > T
             assert all(0.0 <= seg[k] <= 1.0 for k in ("early_acc_ge2", "late_acc_ge2"))
-        assert m["segment"]["late_prefix"] == 512 - results["config"]["train_len"]
+        assert m["segment"]["late_prefix"] == 512 - T
         assert m["segment_near"]["late_prefix"] < m["segment"]["late_prefix"]
         assert set(m["icl_by_length"]) == {"128", "256", "512"}
         assert m["history"][0]["step"] == 0 and "probe_wo2" in m["history"][-1]
-    checks = results["claims"]["checks"]
-    assert len(checks) == 4 and isinstance(results["claims"]["all_hold"], bool)
-    assert len(results["claims"]["near_checks"]) == 2
+    claims = {c["name"]: c for c in results["claims"]}
+    assert len(claims) == 6 and isinstance(results["all_claims_hold"], bool)
+    for c in claims.values():
+        assert set(c) >= {"metric", "op", "threshold", "values", "mean", "interval", "holds"}
+        assert len(c["values"]) == 1
     # APE positions past T_train were never trained: its previous-token head cannot work there.
-    assert results["models"]["ape"]["prev_token_acc_beyond"] < 0.5
+    assert results["per_seed"][0]["standard"]["prev_token_acc_beyond"] < 0.5
+    assert claims["ape_prev_token_beyond"]["holds"]
     report = (tmp_path / "report.md").read_text()
-    assert "| RPE |" in report and "| APE |" in report
-    r = results["models"]["rpe"]["prev_token_acc_beyond"]
+    assert report.index("## Verdict") < report.index("## Previous-token head")
+    assert "| RPE | 0 |" in report and "| APE | 0 |" in report
+    r = results["per_seed"][0]["relative"]["prev_token_acc_beyond"]
     assert f"{r:.3f}" in report and not math.isnan(r)
     for name in ("prev_token_accuracy.png", "icl_accuracy.png", "probes.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for enc in ("rpe", "ape"):
+    for enc in ("relative", "standard"):
         html = (tmp_path / f"attention_{enc}.html").read_text()
         assert "<div" in html or "<script" in html
 
 
-def test_relative_options_are_validated_and_default_to_the_vector_form():
+@pytest.mark.parametrize("form", ["vector", "bias"])
+def test_ported_experiment_gives_the_numbers_of_the_old_script(form, one_thread):
+    """The framework port is exact: a small configuration reproduces, value for value, the
+    results stored from the pre-framework implementation (same seed, one thread)."""
+    reference = json.loads((REFERENCE / f"lengthgen_reference_{form}.json").read_text())
+    exp = get("length_generalization")
+    cfg = exp.quick_config().override(
+        {
+            "train.steps": 12,
+            "task.seq_len": 32,
+            "train.batch_size": 16,
+            "model.d_model": 32,
+            "train.eval_batch_size": 8,
+            "eval_sequences": 8,
+            "train.log_every": 6,
+            "model.relative_form": form,
+            "model.max_relative_distance": 16,
+        }
+    )
+    result = exp.measure(cfg, progress=False)
+    for old, new in (("rpe", "relative"), ("ape", "standard")):
+        want, got = reference["models"][old], result.per_seed[0][new]
+        for key, value in want.items():
+            if key == "train_seconds":
+                continue
+            mine = got[key]
+            if key == "history":
+                mine = [{k: v for k, v in r.items() if k != "seconds"} for r in mine]
+            elif isinstance(value, dict):
+                mine = {k: mine[k] for k in value}
+            assert json.dumps(mine, sort_keys=True) == json.dumps(value, sort_keys=True), key
+
+
+def test_config_validation_and_derived_lengths():
     cfg = LengthGenConfig()
-    assert (cfg.relative_form, cfg.max_relative_distance) == ("vector", 64)
-    quick = LengthGenConfig.quick_config(relative_form="bias", max_relative_distance=16)
-    assert (quick.relative_form, quick.max_relative_distance) == ("bias", 16)
+    assert (cfg.model.relative_form, cfg.model.max_relative_distance) == ("vector", 64)
+    assert cfg.eval_lens == (128, 256, 512) and cfg.model.n_ctx == 512
+    short = cfg.set("task.seq_len", 64)
+    assert short.eval_lens == (64, 128, 256) and short.model.n_ctx == 256
+    assert (short.late_prefix, short.near_prefix) == (192, 80)
     with pytest.raises(ValueError, match="relative_form='cosine'"):
-        LengthGenConfig(relative_form="cosine")
+        cfg.set("model.relative_form", "cosine")
     with pytest.raises(ValueError, match="max_relative_distance=0"):
-        LengthGenConfig(max_relative_distance=0)
+        cfg.set("model.max_relative_distance", 0)
+    with pytest.raises(ValueError, match="eval_multiples"):
+        cfg.set("eval_multiples", (1,))
+    with pytest.raises(ValueError, match="encodings"):
+        cfg.set("encodings", ("sinusoidal",))
+    assert LengthGenConfig.from_dict(cfg.to_dict()) == cfg
 
 
 @pytest.mark.slow
@@ -63,7 +114,8 @@ def test_bias_form_relative_model_generalises_at_default_settings(one_thread):
     `tlassoc reproduce`), the RPE checks hold. Only the RPE model is trained here (~35 s).
     Measured (tl4): previous-token argmax 1.000 inside and beyond T_train; in-context accuracy
     of the segment 1.000 early, 0.997 after a 384-token prefix and 1.000 after 160."""
-    _, numbers = train_and_evaluate("rpe", LengthGenConfig(relative_form="bias"), progress=False)
+    cfg = LengthGenConfig().set("model.relative_form", "bias")
+    _, numbers = train_and_evaluate("relative", cfg, progress=False)
     assert numbers["prev_token_acc_beyond"] >= 0.95
     for key in ("segment", "segment_near"):
         seg = numbers[key]

@@ -1,6 +1,6 @@
 """Shared, cached models for the heads / patching / pretrained tests.
 
-Both trained models use :func:`tlassoc.train.train` once per test session, with one torch
+Both trained models use :func:`tlassoc.training.train` once per test session, with one torch
 thread (fastest for this size on a shared machine; restored afterwards):
 
 * ``trained_rpe()``: the simplified RPE model trained with the loss on in-context positions
@@ -24,7 +24,8 @@ import torch
 
 from tlassoc import AssocTransformer, presets
 from tlassoc.data import BigramModel, TriggerBigramTask
-from tlassoc.train import TrainConfig, train
+from tlassoc.config import TrainConfig
+from tlassoc.training import train
 
 SEQ_LEN = 128
 
@@ -57,14 +58,11 @@ def _train(
             schedule=schedule,
             weight_decay=0.0,
             batch_size=32,
-            seq_len=SEQ_LEN,
             loss_on=loss_on,
             log_every=0,
-            probes=False,
-            progress=False,
             eval_batch_size=8,
         )
-        train(model, task(n_triggers), cfg)
+        train(model, task(n_triggers), cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
     return model.eval()

@@ -177,7 +177,7 @@ def test_one_step_memories_align_with_ideal_ones(bigram, make, one_thread):
     three (docs/memory_and_theory.md).
     """
     from tlassoc.memory import memory_alignment
-    from tlassoc.onestep import one_step_train
+    from tlassoc.training import one_step_train
 
     task = TriggerBigramTask(bigram, seq_len=64, batch_size=64)
     model = AssocTransformer(make(d_model=512, n_ctx=64))

@@ -7,7 +7,7 @@ import torch
 
 from tlassoc import AssocTransformer, presets
 from tlassoc.data import BigramModel, TriggerBigramTask
-from tlassoc.onestep import ONE_STEP_ORDER, one_step_train
+from tlassoc.training.onestep import ONE_STEP_ORDER, one_step_train
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_one_step_in_context_accuracy_far_above_chance(one_thread):
     frequent non-trigger token so far" scores 0.26 on the same batch); the induction attention
     itself stays weak.
     """
-    from tlassoc.train import evaluate
+    from tlassoc.training import evaluate
 
     torch.manual_seed(0)
     bigram = BigramModel.tiny_shakespeare()

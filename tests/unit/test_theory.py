@@ -33,17 +33,16 @@ def prompts(bigram):
 @pytest.fixture(scope="module")
 def trained(bigram):
     """A short run of the simplified RPE model with a linear FFN, loss on all positions."""
-    from tlassoc.train import TrainConfig, train
+    from tlassoc.config import TrainConfig
+    from tlassoc.training import train
 
     model = AssocTransformer(presets.rpe(d_model=64, n_ctx=128, ffn_type="linear"))
     task = TriggerBigramTask(bigram, seq_len=64, batch_size=64)
-    cfg = TrainConfig.simplified(
-        steps=300, batch_size=64, loss_on="all", progress=False, probes=False, log_every=0
-    )
+    cfg = TrainConfig.simplified(steps=300, batch_size=64, loss_on="all", log_every=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: one thread is fastest on a shared CPU
     try:
-        train(model, task, cfg)
+        train(model, task, cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
     return model.eval()

@@ -8,17 +8,16 @@ import signal
 import pytest
 import torch
 
-from tlassoc import AssocTransformer, presets
+from tlassoc import AssocTransformer, presets, recipes
+from tlassoc.config import TrainConfig
 from tlassoc.data import BigramModel, TriggerBigramTask
-from tlassoc.train import (
-    RECIPES,
-    TrainConfig,
-    full_model_config,
+from tlassoc.memory import probe_evaluator
+from tlassoc.presets import full as full_model_config
+from tlassoc.training import (
     latest_checkpoint,
     load_checkpoint,
     lr_factor,
     read_metrics,
-    recipe,
     train,
 )
 
@@ -29,9 +28,7 @@ def task() -> TriggerBigramTask:
 
 
 def _small(**kw):
-    base = dict(
-        steps=20, batch_size=32, progress=False, probes=False, log_every=0, eval_batch_size=64
-    )
+    base = dict(steps=20, batch_size=32, log_every=0, eval_batch_size=64)
     return {**base, **kw}
 
 
@@ -59,7 +56,7 @@ def _small(**kw):
 )
 def test_recipes_reduce_the_loss(task, make_model, make_cfg):
     model = AssocTransformer(make_model())
-    result = train(model, task, make_cfg())
+    result = train(model, task, make_cfg(), progress=False)
     cfg = make_cfg()
     key = "loss_in_context" if cfg.loss_on == "in_context" else "loss"
     first, last = result.history[0][key], result.history[-1][key]
@@ -76,7 +73,7 @@ def test_frozen_parameters_stay_and_stages_release(task):
     def cb(step, m, loss):
         seen[step] = (m.blocks[0].attn.W_K.detach() - before["blocks.0.attn.W_K"]).abs().max()
 
-    train(model, task, cfg, callback=cb)
+    train(model, task, cfg, callback=cb, progress=False)
     for name in (
         "embed.W_E",
         "unembed.W_U",
@@ -98,16 +95,15 @@ def test_resume_is_bit_identical(task, tmp_path, optimizer):
         batch_size=8,
         optimizer=optimizer,
         lr=0.05,
-        progress=False,
         log_every=5,
-        probes=True,
         checkpoint_every=4,
         seed=3,
         schedule="cosine",
         warmup_steps=2,
     )
     ref = AssocTransformer(presets.ape(d_model=16, n_ctx=32))
-    ref_result = train(ref, task, cfg.replace(out_dir=str(tmp_path / "ref")))
+    opts = dict(progress=False, evaluators=[probe_evaluator(task)])
+    ref_result = train(ref, task, cfg, out_dir=tmp_path / "ref", **opts)
 
     def stop(step, m, loss):
         if step == 6:
@@ -116,10 +112,10 @@ def test_resume_is_bit_identical(task, tmp_path, optimizer):
     model = AssocTransformer(presets.ape(d_model=16, n_ctx=32))
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        train(model, task, cfg.replace(out_dir=out), callback=stop)
+        train(model, task, cfg, out_dir=out, callback=stop, **opts)
     assert load_checkpoint(latest_checkpoint(out))["step"] == 6
     fresh = AssocTransformer(presets.ape(d_model=16, n_ctx=32))
-    result = train(fresh, task, cfg.replace(out_dir=out, resume=True))
+    result = train(fresh, task, cfg, out_dir=out, resume=True, **opts)
     assert result.step == 10 and len(result.losses) == 4
     for (n, p), (_, q) in zip(ref.named_parameters(), fresh.named_parameters(), strict=True):
         assert torch.equal(p, q), n
@@ -134,11 +130,9 @@ def test_sigint_writes_checkpoint_between_steps(task, tmp_path):
             signal.raise_signal(signal.SIGINT)
 
     model = AssocTransformer(presets.rpe(d_model=16, n_ctx=32))
-    cfg = TrainConfig(
-        steps=8, batch_size=8, progress=False, log_every=0, probes=False, out_dir=str(tmp_path)
-    )
+    cfg = TrainConfig(steps=8, batch_size=8, log_every=0)
     with pytest.raises(KeyboardInterrupt):
-        train(model, task, cfg, callback=interrupt)
+        train(model, task, cfg, out_dir=tmp_path, progress=False, callback=interrupt)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path))
     assert ckpt["step"] == 3
     for (n, p), (_, q) in zip(
@@ -152,8 +146,8 @@ def test_sigint_writes_checkpoint_between_steps(task, tmp_path):
 
 def test_metrics_records_hold_losses_and_probes(task, tmp_path):
     model = AssocTransformer(presets.ape(d_model=16, n_ctx=32))
-    cfg = TrainConfig(steps=4, batch_size=8, progress=False, log_every=2, out_dir=str(tmp_path))
-    train(model, task, cfg)
+    cfg = TrainConfig(steps=4, batch_size=8, log_every=2)
+    train(model, task, cfg, out_dir=tmp_path, progress=False, evaluators=[probe_evaluator(task)])
     recs = read_metrics(tmp_path)
     assert [r["step"] for r in recs] == [0, 2, 4]
     for key in (
@@ -180,11 +174,12 @@ def test_lr_schedule_and_validation():
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="resume"):
-        TrainConfig(resume=True)
+        train(AssocTransformer(presets.rpe(d_model=16, n_ctx=32)), None, cfg, resume=True)
     with pytest.raises(ValueError, match="unknown recipe"):
-        recipe("nope-nope")
-    assert set(RECIPES) >= {"rpe", "ape", "full", "staged-rpe"}
-    m_cfg, t_cfg = recipe("rpe")
+        recipes.get("nope-nope")
+    assert set(recipes.names()) >= {"rpe", "ape", "full", "staged-rpe"}
+    run = recipes.get("rpe")
+    m_cfg, t_cfg = run.model, run.train
     assert m_cfg.identity_query and "blocks.0.attn.W_O" in m_cfg.frozen
     assert (t_cfg.optimizer, t_cfg.momentum, t_cfg.weight_decay, t_cfg.batch_size, t_cfg.lr) == (
         "sgd",
@@ -198,4 +193,4 @@ def test_lr_schedule_and_validation():
 def test_unfreeze_pattern_must_match(task):
     model = AssocTransformer(presets.rpe(d_model=16, n_ctx=32))
     with pytest.raises(ValueError, match="matches no parameter"):
-        train(model, task, TrainConfig(steps=1, unfreeze=((0, ("blocks.9.*",)),), progress=False))
+        train(model, task, TrainConfig(steps=1, unfreeze=((0, ("blocks.9.*",)),)), progress=False)

@@ -10,9 +10,10 @@ Example:
 from tlassoc.data.analogy import AnalogyTask, capital_world_pairs, parse_questions_words
 from tlassoc.data.bigram import BigramModel
 from tlassoc.data.text import ChecksumMismatchError, DataUnavailableError, load_tiny_shakespeare
-from tlassoc.data.triggers import TriggerBatch, TriggerBigramTask
+from tlassoc.data.triggers import TriggerBatch, TriggerBigramTask, make_task
 
 __all__ = [
+    "make_task",
     "AnalogyTask",
     "BigramModel",
     "ChecksumMismatchError",

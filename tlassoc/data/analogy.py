@@ -4,10 +4,10 @@
 returns the 116 (capital, country) pairs of its ``capital-world`` section from a table shipped
 with tlassoc (``capital_world_pairs.csv``, rebuilt by ``python -m tlassoc.data.build_tables``).
 
-:class:`AnalogyTask` is **tlassoc's own design** (PAPER.md §6, marked [ours]; the papers do not
-publish theirs). Its vocabulary is the 232 words, capitals first (ids ``0..n-1``) and their
-countries after them (id of the country of capital ``i`` is ``n + i``). A sequence is a run of
-``capital country`` pairs:
+:class:`AnalogyTask` is **tlassoc's own design** (docs/method.md, "Choices that are ours"; the
+papers do not publish theirs). Its vocabulary is the 232 words, capitals first (ids ``0..n-1``)
+and their countries after them (id of the country of capital ``i`` is ``n + i``). A sequence is a
+run of ``capital country`` pairs:
 
 - global knowledge: a capital is followed by its true country;
 - in-context knowledge: per sequence, ``k`` capitals (the triggers) are remapped to a random

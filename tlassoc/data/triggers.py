@@ -1,9 +1,10 @@
-"""The bigram-with-triggers task (Bietti et al. 2023; PAPER.md §1), sampled in batches.
+"""The bigram-with-triggers task (Bietti et al. 2023), sampled in batches.
 
 Each sequence picks ``k`` trigger tokens and, for each trigger, an output token. The first token
 comes from the unigram ``π_u``; afterwards, if the previous token is a trigger the next one is
 that trigger's output, otherwise it is drawn from the global bigram ``π_b(·|previous)``. The
 trigger → output pairs are the sequence's in-context knowledge; the bigrams are global knowledge.
+The full data model, labels and statistics: docs/method.md, "Data model".
 
 Sampling is vectorised: all random numbers are drawn up front, and the Markov chain advances one
 position per step with one batched inverse-CDF lookup (``torch.searchsorted``) over the whole
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -446,3 +448,30 @@ class TriggerBigramTask:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} {value!r} is unknown; expected one of {list(choices)}")
+
+
+def make_task(config: Any, batch_size: int = 512, device: Any = "cpu") -> TriggerBigramTask:
+    """The :class:`TriggerBigramTask` a :class:`~tlassoc.config.TaskConfig` describes, on the
+    shipped Tiny Shakespeare bigram statistics.
+
+    Example:
+        >>> from tlassoc.config import TaskConfig
+        >>> make_task(TaskConfig(seq_len=32), batch_size=4).sample(seed=0).tokens.shape
+        torch.Size([4, 32])
+    """
+    from tlassoc.config import TaskConfig
+
+    if not isinstance(config, TaskConfig):
+        raise TypeError(f"config={type(config).__name__}; expected a TaskConfig")
+    return TriggerBigramTask(
+        BigramModel.tiny_shakespeare(),
+        n_triggers=config.n_triggers,
+        trigger_mode=config.trigger_mode,
+        output_mode=config.output_mode,
+        output_not_trigger=config.output_not_trigger,
+        output_split=config.output_split,
+        n_train_outputs=config.n_train_outputs,
+        seq_len=config.seq_len,
+        batch_size=batch_size,
+        device=device,
+    )

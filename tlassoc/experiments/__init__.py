@@ -1,1 +1,45 @@
-"""One module per experiment; each returns a result object and can write JSON and figures."""
+"""Experiments: each a config, a pure ``measure``, claims as data and a report.
+
+The framework is :mod:`tlassoc.experiments.framework`; each experiment is one module
+registered here by name (``tlassoc reproduce NAME``). Modules are imported on first use.
+
+Example:
+    >>> names()
+    ['length_generalization', 'induction_heads']
+    >>> get("length_generalization").description[:3]
+    'RPE'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: name -> "module:class" of every experiment, in listing order.
+EXPERIMENTS: dict[str, str] = {
+    "length_generalization": "tlassoc.experiments.length_generalization:LengthGenExperiment",
+    "induction_heads": "tlassoc.experiments.induction_heads:InductionHeadsExperiment",
+}
+
+#: The experiment ``tlassoc reproduce`` runs when no name is given.
+DEFAULT = "length_generalization"
+
+
+def names() -> list[str]:
+    """The experiment names."""
+    return list(EXPERIMENTS)
+
+
+def get(name: str) -> Any:
+    """An instance of the experiment ``name``.
+
+    Raises:
+        ValueError: ``unknown experiment 'x'; expected one of [...]``.
+    """
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {names()}")
+    module, cls = EXPERIMENTS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["DEFAULT", "EXPERIMENTS", "get", "names"]

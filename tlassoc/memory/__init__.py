@@ -2,10 +2,16 @@
 
 * :mod:`tlassoc.memory.tables`: express any weight or circuit in embedding bases
   (:func:`memory_table`, :func:`memory_report`, :func:`basis`, :func:`circuit`).
-* :mod:`tlassoc.memory.probes`: the recall probes of PAPER.md §4 and attention probes.
-* :mod:`tlassoc.memory.ideal`: set a model's weights to the ideal memories of PAPER.md §4
-  (:func:`build_ideal`, :func:`ideal_model`) and the three-layer construction without positions
-  (:func:`build_ideal_nope`).
+* :mod:`tlassoc.memory.probes`: the recall probes and attention probes (docs/method.md, Recall
+  probes).
+* :mod:`tlassoc.memory.ideal`: set a model's weights to the ideal memories (docs/method.md,
+  Associative memories; :func:`build_ideal`, :func:`ideal_model`) and the three-layer
+  construction without positions (:func:`build_ideal_nope`).
+
+Weights are read through :func:`tlassoc.heads.adapter.head_weights`, whose docstring states the
+matrix convention (TransformerLens's rows, ``x @ W``); the papers' column convention appears
+only where paper notation is printed (:func:`circuit`, :func:`memory_table`, the ideal
+constructions).
 
 Example:
     >>> from tlassoc.memory import ideal_model, memory_report
@@ -26,6 +32,7 @@ from tlassoc.memory.ideal import (
     outer_memory,
 )
 from tlassoc.memory.probes import (
+    probe_evaluator,
     FIRST_POSITIONS,
     induction_attention_accuracy,
     previous_token_accuracy,
@@ -49,6 +56,7 @@ from tlassoc.memory.tables import (
 )
 
 __all__ = [
+    "probe_evaluator",
     "BASIS_KINDS",
     "FIRST_POSITIONS",
     "induction_attention_accuracy",

@@ -3,19 +3,20 @@
 No training. The embeddings stay the model's own random ones (``W_E``, ``W_pos``/``W_rel``,
 ``W_U``, the frozen ``W_V``/``W_O`` of the first layer and ``W_V`` of the second); only the
 matrices the papers train are written, as sums of outer products of those embeddings
-(PAPER.md §4, Bietti et al. 2023; Wang & Sato 2025).
+(Bietti et al. 2023; Wang & Sato 2025; see docs/method.md, Associative memories).
 
-Conventions. In tlassoc a head scores ``q_t . (x_s W_K) / sqrt(d_head)`` with ``q_t = x_t``
-(identity query), so ``W_K`` has the *key* input on its rows and the query on its columns:
-the papers' bilinear ``x_t^T W x_s`` is ``W_K = W^T``. Likewise ``W_O`` is ``[d_head, d_model]``
-(row vectors in, row vectors out), the transpose of the papers' column convention. Every stored
+Conventions. The memories are built in the papers' column convention (``W u ≈ v``), the notation
+this module prints, and written transposed into the model, whose row convention is stated in
+:mod:`tlassoc.heads.adapter`: with an identity query a head scores ``x_t . (x_s W_K)``, so the
+papers' bilinear ``x_t^T W x_s`` is ``W_K = W^T``, and likewise ``W_O = W^T``. Every stored
 pair ``v u^T`` is divided by ``|v|^2 |u|^2`` so that its recall ``v^T W u`` is exactly its weight
 (the cross-talk of the other pairs remains).
 
 Two-layer model (``build_ideal``), papers' notation, tlassoc layer index in brackets:
 
-* ``W_K^1`` [layer 0], previous-token head. APE: ``Σ_{t<T} p_t p_{t-1}^T`` over the positions
-  ``t < T = train_len``; RPE: ``Σ_k w_E(k) r_1^T`` (every token attends to distance 1).
+* ``W_K^1`` [layer 0], previous-token head. ``standard`` positions: ``Σ_{t<T} p_t p_{t-1}^T``
+  over the positions ``t < T = train_len``; ``relative``: ``Σ_k w_E(k) r_1^T`` (every token
+  attends to distance 1).
 * ``W_K^2`` [layer 1], induction head: ``Σ_k w_E(k) (W_O^1 W_V^1 w_E(k))^T``.
 * ``W_O^2`` [layer 1], copy: ``α Σ_k w_U(k) (W_V^2 w_E(k))^T``.
 * ``W_F`` (linear feed-forward after layer 1, ``W_in = I``): ``β Σ_ij β_ij w_U(j) w_E(i)^T``
@@ -26,15 +27,15 @@ adds that much to the pre-softmax score. ``alpha`` and ``beta`` are the logit st
 in-context and global paths (the "stronger" associative-memory transformer of Wang & Sato).
 
 ``equalize`` [ours, default True]: a plain sum of outer products recalls each pair only up to
-cross-talk, and in this model the cross-talk is coherent: in the RPE ``W_K^1`` all pairs share the
+cross-talk, and in this model the cross-talk is coherent: in the relative ``W_K^1`` all pairs share the
 output ``r_1`` (``w_E(a)^T Σ_k w_E(k) = 1 + N(0, (V-1)/d)``: at ``d = 128`` about 8 % of the
 tokens look *away* from ``t - 1``); the values read by ``W_O^2`` and the input of ``W_F`` also
 contain the layer outputs, and the induction scores' noise breaks the uniform split over
 ``S_a`` that the theory assumes. With ``equalize=True`` the input sides use dual bases
-(:func:`dual_inputs`): the RPE query reads every token with weight exactly 1; ``W_K^2`` reads
+(:func:`dual_inputs`): the relative query reads every token with weight exactly 1; ``W_K^2`` reads
 ``w_E`` on the query side and ``W_O^1 W_V^1 w_E`` on the key side, each ignoring the other;
 ``W_O^2`` ignores the copied previous-token part of the value; ``W_F`` ignores the attention
-outputs. Exact while the vectors fit (``2 d_vocab <= d_model``, hence ``d = 256``); APE
+outputs. Exact while the vectors fit (``2 d_vocab <= d_model``, hence ``d = 256``); absolute
 positions stay as cross-talk. ``equalize=False`` gives the plain sums of the table (use it to
 compare with gradient-trained memories, which are sums of outer products).
 
@@ -56,6 +57,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tlassoc.heads.adapter import check_model, head_weights
 from tlassoc.model import AssocTransformer
 
 __all__ = [
@@ -155,8 +157,7 @@ def outer_memory(
 
 
 def _check_model(model: Any, n_layers: int, what: str) -> None:
-    if not isinstance(model, AssocTransformer):
-        raise ValueError(f"{what} needs an AssocTransformer, got {type(model).__name__}")
+    check_model(model, assoc_only=what)
     cfg = model.cfg
     if cfg.n_layers != n_layers:
         raise ValueError(f"{what} needs n_layers == {n_layers}, got n_layers {cfg.n_layers}")
@@ -227,8 +228,8 @@ def ideal_memories(
         bigram: global bigrams for the feed-forward memory: a ``BigramModel`` (``β_ij =
             π_b(j|i)``) or a ``[d_vocab, d_vocab]`` weight matrix. Needs a linear FFN in
             layer 1 with ``d_mlp >= d_model``. ``None``: the FFN (if any) is set to zero.
-        train_len: APE only: positions ``t < train_len`` get the previous-token memory (the
-            training length ``T``; default ``n_ctx``).
+        train_len: ``standard`` positions only: positions ``t < train_len`` get the
+            previous-token memory (the training length ``T``; default ``n_ctx``).
         alpha: logit strength of the in-context (copy) path.
         beta: logit strength of the bigram path.
         prev_scale: score added by a stored match in the previous-token head.
@@ -262,18 +263,18 @@ def ideal_memories(
     pos_type = cfg.positional_embedding_type
     if pos_type == "none":
         raise ValueError(
-            "ideal_memories builds the two-layer APE/RPE model; for positional_embedding_type "
-            "'none' use build_ideal_nope on a three-layer model"
+            "positional_embedding_type='none'; ideal_memories expected 'standard' or "
+            "'relative' (two layers); use build_ideal_nope on a three-layer model"
         )
     if pos_type == "relative" and (cfg.relative_form != "vector" or not cfg.has_relative(0)):
         raise ValueError(
-            "ideal RPE memories need relative vectors in layer 0 (relative_form='vector', "
+            "ideal relative memories need relative vectors in layer 0 (relative_form='vector', "
             f"relative_layers containing 0), got relative_form={cfg.relative_form!r}, "
             f"relative_layers={cfg.relative_layers}"
         )
     root_d = math.sqrt(cfg.d_head)
-    W_E = model.W_E.detach().float()
-    W_U = model.W_U.detach().float()
+    w = head_weights(model)
+    W_E, W_U = w.W_E.float(), w.W_U.float()
     out: dict[str, Tensor] = {}
 
     # previous-token head (layer 0); tlassoc W_K = (papers' W)^T
@@ -283,7 +284,7 @@ def ideal_memories(
             raise ValueError(
                 f"train_len {train_len!r}; expected 2 <= train_len <= n_ctx {cfg.n_ctx}"
             )
-        P = model.W_pos.detach().float()
+        P = w.W_pos.float()
         paper = outer_memory(P[1:T], P[: T - 1], prev_scale * root_d)
     else:
         if train_len is not None:
@@ -292,7 +293,7 @@ def ideal_memories(
             raise ValueError(
                 f"max_relative_distance {cfg.max_relative_distance} < 2: distance 1 has no vector"
             )
-        r1 = model.W_rel.detach().float()[1]
+        r1 = w.W_rel.float()[1]
         if equalize:
             if cfg.d_vocab > cfg.d_model:
                 raise ValueError(
@@ -306,7 +307,7 @@ def ideal_memories(
     out["blocks.0.attn.W_K"] = paper.T[None].contiguous()
 
     # induction head (layer 1): query w_E(k), key W_O^1 W_V^1 w_E(k) (row form w_E W_V W_O)
-    ov0 = W_E @ model.blocks[0].attn.W_V[0].detach().float() @ model.blocks[0].attn.W_O[0].float()
+    ov0 = w.ov_out(0, 0).float()
     if induction_tokens is not None:
         idx = torch.as_tensor(induction_tokens, dtype=torch.long).flatten()
         if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= cfg.d_vocab:
@@ -319,7 +320,7 @@ def ideal_memories(
         keep = torch.ones(cfg.d_vocab, dtype=torch.bool)
     if equalize:
         # exact readouts: query side reads w_E(k) and ignores the layer-0 outputs, key side reads
-        # W_O^1 W_V^1 w_E(k) and ignores the token embeddings (APE positions remain cross-talk)
+        # W_O^1 W_V^1 w_E(k) and ignores the token embeddings (absolute positions remain cross-talk)
         q_dual = dual_inputs(W_E, ov0)
         k_dual = dual_inputs(ov0, W_E)
         paper = induction_scale * root_d * q_dual[keep].T @ k_dual[keep]
@@ -330,7 +331,7 @@ def ideal_memories(
     out["blocks.1.attn.W_K"] = paper.T[None].contiguous()
 
     # copy (layer 1 W_O): value W_V^2 w_E(k) -> w_U(k)
-    W_V1 = model.blocks[1].attn.W_V[0].detach().float()
+    W_V1 = w.W_V[1, 0].float()
     val = W_E @ W_V1  # [vocab, d_head]
     paper = outer_memory(W_U.T, val, alpha, ignore=ov0 @ W_V1 if equalize else None)
     out["blocks.1.attn.W_O"] = paper.T[None].contiguous()
@@ -404,25 +405,25 @@ def ideal_model(
     """A fresh two-layer model (``presets.rpe``/``presets.ape``) with the ideal memories.
 
     Args:
-        positional: ``"relative"`` or ``"standard"`` (``"rpe"``/``"ape"`` also accepted).
+        positional: ``positional_embedding_type``, ``"relative"`` (``presets.rpe``) or
+            ``"standard"`` (``presets.ape``).
         d_model: width (default 256, the papers' size; at 128 the cross-talk of the induction
             and copy memories costs a few points of accuracy).
-        n_ctx: context (APE positions exist up to it).
+        n_ctx: context (absolute positions exist up to it).
         seed: seed of the random embeddings.
         ffn: add the linear feed-forward memory (default: when ``bigram`` is given).
         device: device.
         **kwargs: passed to :func:`ideal_memories` (``bigram``, ``train_len``, ``alpha``…).
 
     Example:
-        >>> ideal_model("ape", d_model=32, n_ctx=32, train_len=16).cfg.positional_embedding_type
+        >>> ideal_model("standard", d_model=32, n_ctx=32, train_len=16).cfg.positional_embedding_type
         'standard'
     """
     from tlassoc import presets
 
-    aliases = {"rpe": "relative", "ape": "standard", "relative": "relative", "standard": "standard"}
-    if positional not in aliases:
+    if positional not in ("relative", "standard"):
         raise ValueError(f"positional={positional!r}; expected 'relative' or 'standard'")
-    make = presets.rpe if aliases[positional] == "relative" else presets.ape
+    make = presets.rpe if positional == "relative" else presets.ape
     if ffn is None:
         ffn = kwargs.get("bigram") is not None
     extra = {"ffn_type": "linear"} if ffn else {}
@@ -521,7 +522,8 @@ def build_ideal_nope(
     ):
         _positive(name, value)
     d, root_d = cfg.d_model, math.sqrt(cfg.d_head)
-    W_E = model.W_E.detach().float()
+    w = head_weights(model)
+    W_E = w.W_E.float()
     gen = torch.Generator().manual_seed(seed)
     c, e = _complement(W_E, 2, gen)
     dual = dual_basis(W_E)  # [vocab, d]
@@ -541,13 +543,13 @@ def build_ideal_nope(
         "blocks.0.attn.W_O": W_O0[None],
         "blocks.1.attn.W_K": (W_K1 * root_d)[None],
     }
-    ov1 = W_E @ model.blocks[1].attn.W_V[0].detach().float() @ model.blocks[1].attn.W_O[0].float()
+    ov1 = w.ov_out(1, 0).float()
     tensors["blocks.2.attn.W_K"] = outer_memory(W_E, ov1, induction_scale * root_d).T[None]
     # layer 2 values read only the token part of the residual (projector onto span(W_E))
-    W_V2 = W_E.T @ dual @ model.blocks[2].attn.W_V[0].detach().float()
+    W_V2 = W_E.T @ dual @ w.W_V[2, 0].float()
     tensors["blocks.2.attn.W_V"] = W_V2[None]
     val = W_E @ W_V2
-    tensors["blocks.2.attn.W_O"] = outer_memory(model.W_U.detach().float().T, val, alpha).T[None]
+    tensors["blocks.2.attn.W_O"] = outer_memory(w.W_U.float().T, val, alpha).T[None]
     _load(model, {k: v.contiguous() for k, v in tensors.items()})
     return model
 
@@ -595,7 +597,9 @@ def memory_alignment(
 
     params = dict(model.named_parameters())
     ref = (
-        dict(reference.named_parameters()) if isinstance(reference, AssocTransformer) else reference
+        dict(reference.named_parameters())
+        if isinstance(reference, torch.nn.Module)
+        else dict(reference)
     )
     gen = torch.Generator().manual_seed(seed)
     rows = []

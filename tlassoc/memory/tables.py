@@ -5,11 +5,13 @@ A memory ``W = Σ α_ij v_j u_i^T`` stores the pair ``u_i -> v_j`` with strength
 (rows ``v_j``) and returns the labelled score table, the stored pairs ranked by strength, the
 signal-to-cross-talk ratio and the recall (top-1 retrieval) of the expected pairs.
 
-Matrices are in the papers' column convention (``y = W x``): :func:`circuit` builds them from
-tlassoc's weights, e.g. ``circuit(model, "W_K1 W_O0 W_V0")`` is Bietti's ``W_K^2 W_O^1 W_V^1``
-(digits are tlassoc's 0-based layer indices; the papers count layers from 1). For attention,
-``W_K{l}`` is the bilinear score matrix ``W_Q W_K^T`` (rows: query, columns: key) — with an
-identity query, just ``W_K^T``.
+This module prints paper notation, so its matrices are in the papers' column convention
+(``y = W x``; tlassoc's own row convention is stated in :mod:`tlassoc.heads.adapter`):
+:func:`circuit` builds them from the weights, e.g. ``circuit(model, "W_K1 W_O0 W_V0")`` is
+Bietti's ``W_K^2 W_O^1 W_V^1`` (digits are tlassoc's 0-based layer indices; the papers count
+layers from 1). For attention, ``W_K{l}`` is the bilinear score matrix ``W_Q W_K^T`` (rows:
+query, columns: key) — with an identity query, just ``W_K^T``. Any of the three model kinds
+works (see docs/method.md, Associative memories).
 
 Example:
     >>> from tlassoc import AssocTransformer, presets
@@ -32,8 +34,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tlassoc.heads.adapter import HeadWeights, Model, check_head, check_layer, head_weights
 from tlassoc.memory import probes
-from tlassoc.model import AssocTransformer
 
 __all__ = [
     "BASIS_KINDS",
@@ -83,33 +85,19 @@ class Basis:
         return self.vectors.shape[1]
 
 
-def _check_layer(model: AssocTransformer, layer: Any) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"layer {layer!r} is not an integer layer index")
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(
-            f"layer {layer} >= n_layers {model.cfg.n_layers}"
-            if layer >= 0
-            else f"layer {layer} < 0; expected 0 <= layer < {model.cfg.n_layers}"
-        )
-    return layer
-
-
-def _check_head(model: AssocTransformer, head: int) -> int:
-    if not 0 <= head < model.cfg.n_heads:
-        raise ValueError(f"head {head} >= n_heads {model.cfg.n_heads}")
-    return head
-
-
-def _token_labels(model: AssocTransformer) -> list[str]:
-    if model.tokenizer is not None:
-        return [repr(s)[1:-1] for s in model.tokenizer.id_to_str(list(range(model.cfg.d_vocab)))]
-    return [str(i) for i in range(model.cfg.d_vocab)]
+def _token_labels(model: Model | HeadWeights, d_vocab: int) -> list[str]:
+    """One label per token id: the tokenizer's strings (escaped), else the ids."""
+    tok = getattr(model, "tokenizer", None)
+    if hasattr(tok, "id_to_str"):  # tlassoc's tokenizers
+        return [repr(s)[1:-1] for s in tok.id_to_str(list(range(d_vocab)))]
+    if hasattr(tok, "convert_ids_to_tokens"):  # Hugging Face's
+        return [str(s) for s in tok.convert_ids_to_tokens(list(range(d_vocab)))]
+    return [str(i) for i in range(d_vocab)]
 
 
 @torch.no_grad()
 def basis(
-    model: AssocTransformer,
+    model: Model | HeadWeights,
     kind: str,
     *,
     layer: int | None = None,
@@ -119,9 +107,10 @@ def basis(
     """A standard embedding basis of ``model``.
 
     Args:
-        model: the model.
-        kind: ``"tokens"`` (``w_E(k)``), ``"positions"`` (``p_t``, APE), ``"relative"``
-            (``r_j``, RPE), ``"unembed"`` (``w_U(k)``, the columns of ``W_U``), ``"ov"``
+        model: any of the three model kinds (or its ``HeadWeights``; token labels are then
+            the ids).
+        kind: ``"tokens"`` (``w_E(k)``), ``"positions"`` (``p_t``, ``standard`` positions),
+            ``"relative"`` (``r_j``, ``relative`` positions, vector form), ``"unembed"`` (``w_U(k)``, the columns of ``W_U``), ``"ov"``
             (``W_O W_V w_E(k)``: what ``layer``'s head writes when it attends to token ``k``),
             ``"value"`` (``W_V w_E(k)``, ``d_head`` vectors: the input side of ``W_O``).
         layer: the layer for ``"ov"``/``"value"``.
@@ -136,44 +125,39 @@ def basis(
     """
     if kind not in BASIS_KINDS:
         raise ValueError(f"basis kind {kind!r}; expected one of {BASIS_KINDS}")
+    w = head_weights(model)
     if kind in ("ov", "value"):
         if layer is None:
             raise ValueError(f"basis {kind!r} needs layer=")
-        _check_layer(model, layer)
-        _check_head(model, head)
-    pos_type = model.cfg.positional_embedding_type
-    if kind == "positions" and pos_type != "standard":
+        check_layer(layer, w.n_layers)
+        check_head(head, w.n_heads)
+    if kind == "positions" and w.W_pos is None:
         raise ValueError(
             f"basis 'positions' needs positional_embedding_type 'standard', the model has "
-            f"{pos_type!r}"
+            f"{w.positional_embedding_type!r}"
         )
-    if kind == "relative" and not hasattr(model, "rel_embed"):
+    if kind == "relative" and w.W_rel is None:
         raise ValueError(
             "basis 'relative' needs positional_embedding_type 'relative' with "
-            f"relative_form 'vector', the model has {pos_type!r}"
+            f"relative_form 'vector', the model has {w.positional_embedding_type!r}"
         )
-    W_E = model.W_E.detach().float()
+    labels = _token_labels(model, w.d_vocab)
     if kind == "tokens":
-        b = Basis("tokens", W_E, _token_labels(model))
+        b = Basis("tokens", w.W_E.float(), labels)
     elif kind == "unembed":
-        b = Basis("unembed", model.W_U.detach().float().T, _token_labels(model))
+        b = Basis("unembed", w.W_U.float().T, labels)
     elif kind == "positions":
-        P = model.W_pos.detach().float()
+        P = w.W_pos.float()
         b = Basis("positions", P, [f"p{t}" for t in range(P.shape[0])])
     elif kind == "relative":
-        R = model.W_rel.detach().float()
+        R = w.W_rel.float()
         b = Basis("relative", R, [f"d{j}" for j in range(R.shape[0])])
+    elif kind == "value":
+        vals = w.W_E.float() @ w.W_V[layer, head].float()
+        b = Basis(f"value{layer}", vals, [f"V{layer}({s})" for s in labels])
     else:
-        attn = model.blocks[layer].attn
-        vals = W_E @ attn.W_V[head].detach().float()
-        if kind == "value":
-            b = Basis(f"value{layer}", vals, [f"V{layer}({s})" for s in _token_labels(model)])
-        else:
-            b = Basis(
-                f"ov{layer}",
-                vals @ attn.W_O[head].detach().float(),
-                [f"OV{layer}({s})" for s in _token_labels(model)],
-            )
+        ov = w.ov_out(layer, head).float()
+        b = Basis(f"ov{layer}", ov, [f"OV{layer}({s})" for s in labels])
     if n is not None:
         if not 1 <= n <= len(b):
             raise ValueError(f"n={n}; expected 1 <= n <= {len(b)} ({b.name} has {len(b)} vectors)")
@@ -185,7 +169,8 @@ _TERM = re.compile(r"^(W_[KQVOF])(\d+)$|^(W_[EU])$")
 
 
 @torch.no_grad()
-def _term(model: AssocTransformer, term: str, head: int) -> Tensor:
+def _term(w: HeadWeights, term: str, head: int) -> Tensor:
+    """One matrix of a circuit expression, in the papers' column convention."""
     m = _TERM.match(term)
     if m is None:
         raise ValueError(
@@ -193,33 +178,28 @@ def _term(model: AssocTransformer, term: str, head: int) -> Tensor:
             "W_F<l>, W_E or W_U (l: 0-based layer)"
         )
     if m.group(3):
-        return (model.W_E if term == "W_E" else model.W_U).detach().float().T
-    name, layer = m.group(1), _check_layer(model, int(m.group(2)))
-    attn = model.blocks[layer].attn
+        return (w.W_E if term == "W_E" else w.W_U).float().T
+    name, layer = m.group(1), check_layer(int(m.group(2)), w.n_layers)
     if name == "W_K":
-        return attn.query_weight()[head].detach().float() @ attn.W_K[head].detach().float().T
-    if name == "W_Q":
-        return attn.query_weight()[head].detach().float().T
-    if name == "W_V":
-        return attn.W_V[head].detach().float().T
-    if name == "W_O":
-        return attn.W_O[head].detach().float().T
-    if not model.cfg.has_ffn(layer):
+        return w.W_Q[layer, head].float() @ w.W_K[layer, head].float().T
+    if name in ("W_Q", "W_V", "W_O"):
+        return getattr(w, name)[layer, head].float().T
+    ffn = w.ffn[layer] if layer < len(w.ffn) else None
+    if ffn is None:
         raise ValueError(f"W_F{layer}: layer {layer} has no feed-forward layer")
-    if model.cfg.ffn_type != "linear":
-        raise ValueError(
-            f"W_F{layer}: a {model.cfg.ffn_type!r} feed-forward layer is not a matrix; only "
-            "linear ones are"
-        )
-    mlp = model.blocks[layer].mlp
-    return (mlp.W_in.detach().float() @ mlp.W_out.detach().float()).T
+    try:
+        return ffn.matrix.float().T
+    except ValueError as err:
+        raise ValueError(f"W_F{layer}: {err}") from None
 
 
-def circuit(model: AssocTransformer, expr: str, head: int = 0) -> Float[Tensor, "d_out d_in"]:
+def circuit(
+    model: Model | HeadWeights, expr: str, head: int = 0
+) -> Float[Tensor, "d_out d_in"]:
     """A product of weight matrices in the papers' column convention.
 
     Args:
-        model: the model.
+        model: any of the three model kinds (or its ``HeadWeights``).
         expr: space-separated terms multiplied left to right, e.g. ``"W_K1 W_O0 W_V0"``.
         head: the head of every attention term.
 
@@ -231,11 +211,12 @@ def circuit(model: AssocTransformer, expr: str, head: int = 0) -> Float[Tensor, 
     """
     if not isinstance(expr, str) or not expr.split():
         raise ValueError(f"circuit expression {expr!r} is empty")
-    _check_head(model, head)
+    w = head_weights(model)
+    check_head(head, w.n_heads)
     terms = expr.split()
-    out = _term(model, terms[0], head)
+    out = _term(w, terms[0], head)
     for prev, term in zip(terms, terms[1:], strict=False):
-        nxt = _term(model, term, head)
+        nxt = _term(w, term, head)
         if out.shape[1] != nxt.shape[0]:
             raise ValueError(
                 f"circuit {expr!r}: {prev} has input size {out.shape[1]} but {term} has output "
@@ -327,7 +308,7 @@ def _expected_mask(expected: Any, n_out: int, n_in: int, scores: Tensor) -> Tens
 
 @torch.no_grad()
 def memory_table(
-    model: AssocTransformer,
+    model: Model | HeadWeights | None,
     matrix: str | Tensor,
     out_basis: Basis,
     in_basis: Basis,
@@ -340,7 +321,7 @@ def memory_table(
     """Express ``matrix`` in two bases and rank its stored pairs.
 
     Args:
-        model: the model (used when ``matrix`` is a circuit expression).
+        model: the model (used when ``matrix`` is a circuit expression; else may be ``None``).
         matrix: a circuit expression (:func:`circuit`) or a ``[d_out, d_in]`` tensor (column
             convention).
         out_basis: basis of the output side (query side of an attention score matrix).
@@ -429,7 +410,7 @@ def memory_table(
 
 
 def memory_report(
-    model: AssocTransformer,
+    model: Model,
     *,
     n_positions: int | None = None,
     triggers: Tensor | list[int] | None = None,
@@ -438,18 +419,19 @@ def memory_report(
 ) -> dict[str, MemoryTable]:
     """The induction circuit's memories of a two-layer model, read in their natural bases.
 
-    * ``"W_K0"``: previous-token head. APE: positions (queries) vs positions (keys), expected
-      ``t -> t - 1``, over the first ``n_positions`` (default ``n_ctx``); RPE: tokens vs
-      relative distances, expected distance 1.
+    * ``"W_K0"``: previous-token head. ``standard`` positions: positions (queries) vs
+      positions (keys), expected ``t -> t - 1``, over the first ``n_positions`` (default
+      ``n_ctx``); ``relative`` positions (vector form): tokens vs relative distances, expected
+      distance 1.
     * ``"W_K1 W_O0 W_V0"``: induction head, tokens vs layer-0 OV outputs, expected identity
       (restricted to ``triggers`` when given, as Bietti's probe).
     * ``"W_U W_O1"``: copy, unembedding vs layer-1 values, expected identity.
     * ``"W_U W_F1"``: the feed-forward memory (linear FFN only), unembedding vs tokens, each
       token's top output.
 
-    ``recall`` of each table is its top-1 retrieval; ``probes`` holds the recall probes of
-    PAPER.md §4 computed by :mod:`tlassoc.memory.probes` (``probe_wk1``, ``probe_wk2`` with
-    ``triggers``, ``probe_wo2``, ``probe_wf`` with ``bigram``).
+    ``recall`` of each table is its top-1 retrieval; ``probes`` holds the recall probes
+    (docs/method.md, Recall probes) computed by :mod:`tlassoc.memory.probes` (``probe_wk1``,
+    ``probe_wk2`` with ``triggers``, ``probe_wo2``, ``probe_wf`` with ``bigram``).
 
     Example:
         >>> from tlassoc import AssocTransformer, presets
@@ -458,37 +440,32 @@ def memory_report(
         >>> sorted(report)
         ['W_K0', 'W_K1 W_O0 W_V0', 'W_U W_O1']
     """
-    if not isinstance(model, AssocTransformer):
-        raise ValueError(f"memory_report needs an AssocTransformer, got {type(model).__name__}")
-    if model.cfg.n_layers < 2:
-        raise ValueError(f"memory_report needs >= 2 layers, got n_layers {model.cfg.n_layers}")
+    w = head_weights(model)
+    if w.n_layers < 2:
+        raise ValueError(f"n_layers={w.n_layers}; memory_report expected >= 2 layers")
     out: dict[str, MemoryTable] = {}
-    pos_type = model.cfg.positional_embedding_type
-    if pos_type == "standard":
-        pos = basis(model, "positions", n=n_positions)
-        out["W_K0"] = memory_table(
-            model, "W_K0", pos, pos, expected="shift:1", per="output", top=top
-        )
-    elif pos_type == "relative" and model.cfg.relative_form == "vector":
-        tok, rel = basis(model, "tokens"), basis(model, "relative")
+    rel0 = w.relative_at(0)
+    if w.W_pos is not None:
+        pos = basis(w, "positions", n=n_positions)
+        out["W_K0"] = memory_table(w, "W_K0", pos, pos, expected="shift:1", per="output", top=top)
+    elif rel0 is not None and rel0.form == "vector":
+        tok, rel = basis(model, "tokens"), basis(w, "relative")
         mask = torch.zeros(len(tok), len(rel), dtype=torch.bool)
         mask[:, 1] = True
-        out["W_K0"] = memory_table(model, "W_K0", tok, rel, expected=mask, per="output", top=top)
+        out["W_K0"] = memory_table(w, "W_K0", tok, rel, expected=mask, per="output", top=top)
     tok = basis(model, "tokens")
     ov0 = basis(model, "ov", layer=0)
     if triggers is not None:
         idx = torch.as_tensor(triggers, dtype=torch.long).flatten().unique()
-        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= model.cfg.d_vocab:
-            raise ValueError(
-                f"triggers {idx.tolist()} must be token ids in [0, {model.cfg.d_vocab})"
-            )
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= w.d_vocab:
+            raise ValueError(f"triggers={idx.tolist()}; expected token ids in [0, {w.d_vocab})")
         tok = Basis(tok.name, tok.vectors[idx], [tok.labels[i] for i in idx.tolist()])
         ov0 = Basis(ov0.name, ov0.vectors[idx], [ov0.labels[i] for i in idx.tolist()])
     out["W_K1 W_O0 W_V0"] = memory_table(
-        model, "W_K1", tok, ov0, expected="identity", per="output", top=top, name="W_K1 W_O0 W_V0"
+        w, "W_K1", tok, ov0, expected="identity", per="output", top=top, name="W_K1 W_O0 W_V0"
     )
     out["W_U W_O1"] = memory_table(
-        model,
+        w,
         "W_O1",
         basis(model, "unembed"),
         basis(model, "value", layer=1),
@@ -497,9 +474,10 @@ def memory_report(
         top=top,
         name="W_U W_O1",
     )
-    if model.cfg.has_ffn(1) and model.cfg.ffn_type == "linear":
+    ffn1 = w.ffn[1] if len(w.ffn) > 1 else None
+    if ffn1 is not None and ffn1.act == "linear" and ffn1.W_gate is None:
         out["W_U W_F1"] = memory_table(
-            model,
+            w,
             "W_F1",
             basis(model, "unembed"),
             basis(model, "tokens"),
@@ -509,10 +487,10 @@ def memory_report(
         )
     trig = None if triggers is None else torch.as_tensor(triggers, dtype=torch.long).flatten()
     if "W_K0" in out:
-        out["W_K0"].probes["probe_wk1"] = probes.wk1_probe(model, n_positions)
+        out["W_K0"].probes["probe_wk1"] = probes.wk1_probe(w, n_positions)
     if trig is not None:
-        out["W_K1 W_O0 W_V0"].probes["probe_wk2"] = probes.wk2_probe(model, trig)
-    out["W_U W_O1"].probes["probe_wo2"] = probes.wo2_probe(model)
+        out["W_K1 W_O0 W_V0"].probes["probe_wk2"] = probes.wk2_probe(w, trig)
+    out["W_U W_O1"].probes["probe_wo2"] = probes.wo2_probe(w)
     if "W_U W_F1" in out and bigram is not None:
-        out["W_U W_F1"].probes["probe_wf"] = probes.wf_probe(model, bigram, trig)
+        out["W_U W_F1"].probes["probe_wf"] = probes.wf_probe(w, bigram, trig)
     return out

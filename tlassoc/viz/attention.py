@@ -19,49 +19,48 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tlassoc._io import atomic_write_text
+from tlassoc.heads.adapter import Model, check_model
+from tlassoc.heads.patterns import attention_patterns
 
 
-def _patterns(
-    model: Any, input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"], layers: Sequence[int]
-) -> tuple[list[str], Float[Tensor, "n_heads_total pos pos"], list[str]]:
-    n_layers = model.cfg.n_layers
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} does not exist; expected 0 <= layer < {n_layers}")
-    tokens = model.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.shape[0] != 1:
-        raise ValueError(f"expected one sequence, got a batch of {tokens.shape[0]}")
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    stacked = torch.cat([cache[name][0] for name in names], dim=0).detach().cpu()
-    head_names = [f"L{layer}H{h}" for layer in layers for h in range(model.cfg.n_heads)]
-    return model.to_str_tokens(tokens[0]), stacked, head_names
+def _str_tokens(model: Model, tokens: Int[Tensor, " pos"]) -> list[str]:
+    """The model's strings for ``tokens`` (the ids as strings when it has no tokenizer)."""
+    if getattr(model, "tokenizer", None) is None:
+        return [str(t) for t in tokens.tolist()]
+    return model.to_str_tokens(tokens)
 
 
 def attention_html(
-    model: Any,
-    input: str | Int[Tensor, "pos"],
+    model: Model,
+    input: str | Int[Tensor, " pos"] | Int[Tensor, "1 pos"],
     layers: Sequence[int] | None = None,
 ) -> Any:
     """circuitsvis view of every head's attention in ``layers`` (default: all) on one sequence.
 
-    Works on any TransformerLens-style model with ``run_with_cache`` and ``to_str_tokens``.
-    Returns circuitsvis's ``RenderedHTML`` (displays itself in Jupyter; ``str()`` is the HTML).
+    The one circuitsvis renderer of tlassoc. Works on the three model kinds; patterns come from
+    :func:`tlassoc.heads.attention_patterns`. Returns circuitsvis's ``RenderedHTML`` (displays
+    itself in Jupyter; ``str()`` is the HTML).
     """
     import circuitsvis
 
+    check_model(model)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    str_tokens, patterns, head_names = _patterns(model, input, layers)
+    tokens = model.to_tokens(input) if isinstance(input, str) else torch.as_tensor(input)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"input has shape {tuple(tokens.shape)}; expected one sequence [pos]")
+    A = attention_patterns(model, tokens, layers)[0]  # [layer, head, q, k]
+    head_names = [f"L{layer}H{h}" for layer in layers for h in range(A.shape[1])]
     return circuitsvis.attention.attention_heads(
-        attention=patterns, tokens=str_tokens, attention_head_names=head_names
+        attention=A.flatten(0, 1).cpu(),
+        tokens=_str_tokens(model, tokens[0].cpu()),
+        attention_head_names=head_names,
     )
 
 
 def save_attention_html(
-    model: Any,
+    model: Model,
     input: str | Int[Tensor, "pos"],
     path: str | os.PathLike[str],
     layers: Sequence[int] | None = None,

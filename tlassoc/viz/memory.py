@@ -1,5 +1,5 @@
-"""Figures of associative memories and of the theory: matplotlib heatmaps, ranked-pair tables,
-theory-versus-model scatter, and circuitsvis attention patterns.
+"""Figures of associative memories and of the theory: matplotlib heatmaps, ranked-pair tables
+and theory-versus-model scatter (attention patterns: :mod:`tlassoc.viz.attention`).
 
 Example:
     >>> import matplotlib
@@ -18,8 +18,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tlassoc.heads.adapter import Model
 from tlassoc.memory.tables import MemoryTable
-from tlassoc.model import AssocTransformer
+from tlassoc.viz.attention import attention_html
 
 __all__ = [
     "attention_circuitsvis",
@@ -123,30 +124,15 @@ def plot_theory_vs_model(frame: pd.DataFrame, ax: Any = None, hue: str = "relati
     return ax
 
 
-@torch.no_grad()
 def attention_circuitsvis(
-    model: AssocTransformer, tokens: Int[Tensor, " pos"] | Int[Tensor, "1 pos"], layer: int
+    model: Model, tokens: Int[Tensor, " pos"] | Int[Tensor, "1 pos"], layer: int
 ) -> Any:
-    """circuitsvis ``attention_patterns`` of one layer on one prompt (renders in Jupyter).
+    """circuitsvis view of one layer's heads on one prompt: :func:`tlassoc.viz.attention.
+    attention_html` with ``layers=[layer]`` (kept for existing notebooks; call that instead).
 
     Example:
         >>> from tlassoc.memory import ideal_model
         >>> html = attention_circuitsvis(ideal_model("relative", d_model=128, n_ctx=64),
         ...                              torch.tensor([1, 2, 3, 1]), layer=0)
     """
-    import circuitsvis as cv
-
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"layer {layer} >= n_layers {model.cfg.n_layers}")
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim == 2:
-        if tokens.shape[0] != 1:
-            raise ValueError(f"one prompt expected, got shape {tuple(tokens.shape)}")
-        tokens = tokens[0]
-    _, cache = model.run_with_cache(tokens[None], names_filter=f"blocks.{layer}.attn.hook_pattern")
-    pattern = cache["pattern", layer][0].cpu()
-    if model.tokenizer is not None:
-        labels = model.to_str_tokens(tokens)
-    else:
-        labels = [str(t) for t in tokens.tolist()]
-    return cv.attention.attention_patterns(tokens=labels, attention=pattern)
+    return attention_html(model, tokens, layers=[layer])

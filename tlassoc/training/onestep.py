@@ -1,4 +1,4 @@
-"""One-step training (Bietti et al. 2023, Thm. 3; PAPER.md §3).
+"""One-step training (Bietti et al. 2023, Thm. 3; docs/method.md, Training recipes).
 
 Three gradient steps on a large batch (an estimate of the population loss), top-down, each matrix
 starting from zero: ``W_O²`` (layer 1's output) first, then ``W_K²`` (layer 1's key), then
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from tlassoc.model import AssocTransformer
-from tlassoc.train import loss_mask, masked_loss
+from tlassoc.training.evaluate import loss_mask, masked_loss
 
 #: The matrices of the induction circuit, in the order they are stepped (top-down).
 ONE_STEP_ORDER: tuple[str, ...] = ("blocks.1.attn.W_O", "blocks.1.attn.W_K", "blocks.0.attn.W_K")

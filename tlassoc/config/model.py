@@ -14,25 +14,19 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import torch
+from tlassoc.config import _fields
 
 POSITIONAL_TYPES = ("standard", "relative", "none")
 RELATIVE_FORMS = ("vector", "bias")
 FFN_TYPES = (None, "linear", "relu")
 NORMALIZATION_TYPES = (None, "LN")
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
@@ -81,8 +75,9 @@ class AssocConfig:
         init_std: Standard deviation of random weights (default ``1/sqrt(d_model)``, so random
             embeddings are nearly orthonormal).
         seed: Seed of the weight initialisation (same seed, same bits).
-        device: Device of the parameters.
-        dtype: Parameter dtype.
+        device: Device of the parameters (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        dtype: Parameter dtype, one of float32, float64, float16, bfloat16 (a ``torch.dtype``
+            after construction, as TransformerLens tools expect).
         use_attn_result: Compute per-head outputs ``hook_result`` (as in TransformerLens).
         default_prepend_bos: Kept for TransformerLens helpers; the character vocabulary has no
             BOS token, so this is ``False``.
@@ -110,11 +105,10 @@ class AssocConfig:
     init_std: float | None = None
     seed: int | None = 0
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: str = "float32"
     use_attn_result: bool = False
     default_prepend_bos: bool = False
     model_name: str = "tlassoc"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # Constant fields TransformerLens tools may read.
     n_key_value_heads: None = None
@@ -170,7 +164,8 @@ class AssocConfig:
             raise ValueError(f"ffn_type={self.ffn_type!r} given but ffn_layers is empty")
         if self.d_mlp is None and self.ffn_type is not None:
             self.d_mlp = self.d_model if self.ffn_type == "linear" else 4 * self.d_model
-        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 1):
+        bad_mlp = isinstance(self.d_mlp, bool) or not isinstance(self.d_mlp, int)
+        if self.d_mlp is not None and (bad_mlp or self.d_mlp < 1):
             raise ValueError(f"d_mlp={self.d_mlp!r}; expected a positive integer")
         if self.normalization_type not in NORMALIZATION_TYPES:
             raise ValueError(
@@ -182,18 +177,18 @@ class AssocConfig:
                 f"identity_query=True needs d_head == d_model, got d_head={self.d_head} and "
                 f"d_model={self.d_model}"
             )
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ValueError(f"eps={self.eps!r}; expected a positive number")
         if self.init_std is None:
             self.init_std = 1.0 / math.sqrt(self.d_model)
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"init_std={self.init_std!r}; expected a positive number")
-        if isinstance(self.dtype, str):
-            if self.dtype not in _DTYPES:
-                raise ValueError(f"dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}")
-            self.dtype = _DTYPES[self.dtype]
-        if self.dtype not in _DTYPES.values():
-            raise ValueError(f"dtype={self.dtype!r}; expected a floating torch dtype")
+        for name in ("eps", "init_std"):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not (ok and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}={v!r}; expected a positive finite number")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"seed={self.seed!r}; expected an integer or None")
+        self.dtype = _torch_dtype(self.dtype)
         for name in ("frozen", "zero_init"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -202,7 +197,14 @@ class AssocConfig:
             if not all(isinstance(p, str) and p for p in value):
                 raise ValueError(f"{name}={value!r}; expected a tuple of parameter-name patterns")
             setattr(self, name, value)
-        self.device = str(torch.device(self.device))
+        import torch
+
+        try:
+            self.device = str(torch.device(self.device))
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device={self.device!r}; expected a torch device such as 'cpu'"
+            ) from None
 
     def _check_layers(self, name: str, layers: tuple[int, ...]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
@@ -236,34 +238,24 @@ class AssocConfig:
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
     # --- (de)serialisation -------------------------------------------------------------------
+    _not_serialised: ClassVar[frozenset[str]] = frozenset()  # set below: the constant fields
+    _derived: ClassVar[tuple[str, ...]] = ("d_head", "init_std", "d_mlp", "ffn_layers")
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict; :meth:`from_dict` inverts it.
+        """JSON-serialisable dict; :meth:`from_dict` inverts it exactly.
 
         Example:
-            >>> AssocConfig.from_dict(AssocConfig(d_model=32).to_dict()).d_model
-            32
+            >>> AssocConfig.from_dict(AssocConfig(d_model=32).to_dict()) == AssocConfig(d_model=32)
+            True
         """
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in _CONSTANT_FIELDS:
-                continue
-            v = getattr(self, f.name)
-            if isinstance(v, torch.dtype):
-                v = str(v).removeprefix("torch.")
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
+        return _fields.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AssocConfig:
-        names = {f.name for f in dataclasses.fields(cls)} - _CONSTANT_FIELDS
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown AssocConfig field(s) {unknown}; expected a subset of {sorted(names)}"
-            )
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> AssocConfig:
+        """Inverse of :meth:`to_dict`; an unknown or ill-typed field is named in the error."""
+        if isinstance(data, dict) and data.get("extra") == {}:  # written by tlassoc 0.1
+            data = {k: v for k, v in data.items() if k != "extra"}
+        return _fields.from_dict(cls, data, path)
 
     def replace(self, **changes: Any) -> AssocConfig:
         """A copy with some fields changed (validated again).
@@ -279,11 +271,22 @@ class AssocConfig:
         defaults = AssocConfig(
             **{k: data[k] for k in ("n_layers", "d_model", "n_heads", "ffn_type")}
         )
-        for name in ("d_head", "init_std", "d_mlp", "ffn_layers"):
+        for name in self._derived:
             if name not in changes and getattr(self, name) == getattr(defaults, name):
                 data[name] = None
         data.update(changes)
         return AssocConfig.from_dict(data)
+
+
+def _torch_dtype(value: Any) -> Any:
+    import torch
+
+    table = {name: getattr(torch, name) for name in DTYPES}
+    if isinstance(value, str) and value.removeprefix("torch.") in table:
+        return table[value.removeprefix("torch.")]
+    if value in table.values():
+        return value
+    raise ValueError(f"dtype={value!r}; expected one of {list(DTYPES)}")
 
 
 _CONSTANT_FIELDS = {
@@ -299,3 +302,4 @@ _CONSTANT_FIELDS = {
     "parallel_attn_mlp",
     "post_embedding_ln",
 }
+AssocConfig._not_serialised = frozenset(_CONSTANT_FIELDS)
