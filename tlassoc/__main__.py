@@ -2,6 +2,10 @@
 
 import sys
 
-from tlassoc.cli import main
+try:
+    from tlassoc.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command starts: one line, no traceback
+    print("tlassoc: interrupted while starting", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -18,9 +18,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe name")
     _run_options(t)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its checkpoints/, metrics.jsonl and run.json)",
+    )
+    t.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="with --resume: continue although settings differ from the checkpoint's",
+    )
+    t.set_defaults(command_line=" ".join(["tlassoc", *argv]))
     r = sub.add_parser(
         "reproduce",
         help="run an experiment and write its report",
@@ -140,6 +153,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("experiment", nargs="?", help="experiment name (default: length_generalization)")
     _run_options(r)
     r.add_argument("--quick", action="store_true", help="the experiment's small setting")
+    sw = _sweep_parsers(sub, argv)
     command, name = _command_and_name(argv)
     if command == "train" and name:
         from tlassoc import recipes
@@ -150,6 +164,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
         exp = experiments.get(name or experiments.DEFAULT)
         _add_config_flags(r, exp.quick_config() if "--quick" in argv else exp.default_config())
+    elif command == "sweep" and name:
+        from tlassoc import experiments
+
+        exp = experiments.get(name)
+        _add_config_flags(sw, exp.quick_config() if "--quick" in argv else exp.default_config())
     return parser
 
 
@@ -164,7 +183,8 @@ def _command_and_name(argv: list[str]) -> tuple[str | None, str | None]:
     while i < len(rest):
         a = rest[i]
         if a.startswith("-"):
-            takes_value = a not in ("--quick", "--resume", "--no-progress", "-h", "--help")
+            flags = ("--quick", "--resume", "--overwrite", "--accept-changes", "--no-progress")
+            takes_value = a not in (*flags, "-h", "--help")
             i += 2 if takes_value and "=" not in a else 1
             continue
         return command, a
@@ -209,22 +229,77 @@ def _experiments() -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from tlassoc import recipes
-    from tlassoc._io import atomic_write_json
+    from tlassoc._io import folder_lock
+
+    run = _apply(recipes.get(args.recipe), getattr(args, "settings", None) or [])
+    out = _writable_dir(args.out)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite; expected at most one of them")
+    with folder_lock(out, command=args.command_line), _one_line_warnings():
+        _prepare_train_folder(args, run, out)
+        return _train_locked(args, run, out)
+
+
+def _prepare_train_folder(args: argparse.Namespace, run: Any, out: Path) -> None:
+    """Refuse a folder holding something unless --resume/--overwrite; check a resume's settings;
+    write run.json (only when it changes)."""
+    from tlassoc._io import LOCK_FILE, LOCK_INFO_FILE, atomic_write_json
+    from tlassoc.training.checkpoint import clear_run, resume_differences
+
+    path = out / "run.json"
+    entries = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE, LOCK_INFO_FILE))
+    if args.overwrite:
+        clear_run(out, names=("run.json",))
+    elif entries and not args.resume:
+        raise CLIError(
+            f"--out {str(out)!r} is not empty ({', '.join(entries[:3])}"
+            f"{', ...' if len(entries) > 3 else ''}); expected an empty folder: add --resume to "
+            "continue the run in it, or --overwrite to replace it"
+        )
+    saved = _read_run_json(path) if args.resume else None
+    if saved is not None:
+        changes = resume_differences(saved.get("config", {}), run.to_dict())
+        if changes and not args.accept_changes:
+            raise CLIError(
+                f"{path} was written with other settings: {'; '.join(changes)}; expected the "
+                f"same settings to resume (e.g. --set {changes[0].split(' (now')[0]}), or "
+                "--accept-changes to continue with the new ones"
+            )
+    record = {"recipe": args.recipe, "config": run.to_dict()}
+    if saved != record:
+        atomic_write_json(path, record)
+
+
+def _read_run_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CLIError(
+            f"{path} is not valid JSON ({err}); expected the run.json of tlassoc train"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise CLIError(f"{path} has no 'config' object; expected the run.json of tlassoc train")
+    return data
+
+
+def _train_locked(args: argparse.Namespace, run: Any, out: Path) -> int:
     from tlassoc.data import make_task
     from tlassoc.memory.probes import probe_evaluator
     from tlassoc.model import AssocTransformer
     from tlassoc.training import train
 
-    run = _apply(recipes.get(args.recipe), getattr(args, "settings", None) or [])
-    out = _writable_dir(args.out)
     task = make_task(run.task, batch_size=run.train.batch_size, device=run.model.device)
-    atomic_write_json(out / "run.json", {"recipe": args.recipe, "config": run.to_dict()})
     result = train(
         AssocTransformer(run.model),
         task,
         run.train,
         out_dir=out,
         resume=args.resume,
+        accept_changes=args.accept_changes,
         progress=not args.no_progress,
         evaluators=[probe_evaluator(task)],
     )
@@ -235,6 +310,19 @@ def _train(args: argparse.Namespace) -> int:
         f"loss {final.get('loss', float('nan')):.3f}; written to {out}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Print warnings as one ``tlassoc: warning: ...`` line on stderr."""
+    import warnings
+
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        print(f"tlassoc: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -258,6 +346,111 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sweeps (tlassoc.sweep; Ray is imported only when trials run) -------------------------------
+
+
+def _sweep_parsers(sub: Any, argv: list[str]) -> argparse.ArgumentParser:
+    """The ``sweep`` and ``sweep-report`` subcommands; returns the ``sweep`` parser."""
+    s = sub.add_parser(
+        "sweep",
+        help="run an experiment over a grid of settings and seeds on Ray (see docs/sweeps.md)",
+        usage="tlassoc sweep EXPERIMENT --grid PATH=V1,V2 [--grid ...] --out DIR [--quick] "
+        "[--set PATH=VALUE ...] [--address ADDRESS] [--cpus-per-trial N] [--gpus-per-trial G] "
+        "[--max-retries K] [--no-progress]",
+    )
+    s.add_argument("experiment", help="experiment name (see `tlassoc experiments`)")
+    _run_options(s)
+    s.add_argument("--quick", action="store_true", help="start from the experiment's small setting")
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2",
+        help="values of one setting (repeatable: the trials are the cartesian product; "
+        "seeds are always one trial each; use ';' between values holding commas)",
+    )
+    s.add_argument(
+        "--address",
+        help="join this Ray cluster ('auto' or 'ray://HOST:10001'); "
+        "default: an embedded Ray on this machine's cores",
+    )
+    s.add_argument(
+        "--cpus-per-trial",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs per trial, and its torch threads (default: 1)",
+    )
+    s.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per trial; above 0 the model runs on cuda (default: 0)",
+    )
+    s.add_argument(
+        "--max-retries",
+        type=int,
+        default=0,
+        metavar="K",
+        help="start a failing trial again up to K times (default: 0)",
+    )
+    s.set_defaults(command_line=" ".join(["tlassoc", *argv]))
+    rep = sub.add_parser(
+        "sweep-report", help="rebuild a sweep's tables and figures from its trials"
+    )
+    rep.add_argument("out", metavar="DIR", help="the sweep's output folder")
+    return s
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tlassoc import experiments, sweep
+
+    exp = experiments.get(args.experiment)
+    config = exp.quick_config() if args.quick else exp.default_config()
+    config = _apply(config, getattr(args, "settings", None) or [])
+    grid = sweep.parse_grid(exp.config_class, args.grid)
+    out = _writable_dir(args.out)
+    try:
+        records = sweep.run_sweep(
+            exp,
+            config,
+            grid,
+            out,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_retries=args.max_retries,
+            progress=not args.no_progress,
+            command=args.command_line,
+        )
+    except sweep.RayUnavailableError as err:
+        raise CLIError(str(err)) from None
+    except KeyboardInterrupt:
+        print(
+            f"tlassoc: sweep interrupted; finished trials are kept in {out}; run the same "
+            "command again to finish it",
+            file=sys.stderr,
+        )
+        return 130
+    failed = [r for r in records if r.status != "done"]
+    for r in failed:
+        print(f"trial {r.id} failed after {r.attempts} attempt(s): {r.error}", file=sys.stderr)
+    print(
+        f"{len(records) - len(failed)} of {len(records)} trials done; summary: "
+        f"{out / 'summary.md'}; table: {out / 'trials.csv'}"
+    )
+    return 1 if failed else 0
+
+
+def _sweep_report(args: argparse.Namespace) -> int:
+    from tlassoc.sweep import build_report
+
+    paths = build_report(args.out)
+    print(f"rebuilt {len(paths)} files; summary: {paths['summary.md']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tlassoc`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -268,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             "experiments": lambda a: _experiments(),
             "train": _train,
             "reproduce": _reproduce,
+            "sweep": _sweep,
+            "sweep-report": _sweep_report,
         }[args.command]
         return handler(args)
     except (CLIError, ValueError, OSError) as err:

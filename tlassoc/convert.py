@@ -48,11 +48,27 @@ def _params(model: Convertible) -> dict[str, Tensor]:
 def check_convertible(model: Convertible) -> None:
     """Raise ``ValueError`` naming the setting TransformerLens cannot express."""
     cfg = model.cfg
-    if cfg.positional_embedding_type == "relative":
+    kind = cfg.positional_embedding_type
+    if kind == "relative":
         raise ValueError(
             "positional_embedding_type='relative' cannot be expressed by TransformerLens "
             "(neither HookedTransformer nor TransformerBridge has learned relative positions); "
-            "only 'standard' and 'none' convert"
+            "'standard', 'rotary', 'alibi' (3.x) and 'none' convert"
+        )
+    if kind in ("alibi", "rotary") and tuple(cfg.relative_layers) != tuple(range(cfg.n_layers)):
+        raise ValueError(
+            f"relative_layers={tuple(cfg.relative_layers)}; TransformerLens applies {kind} in "
+            f"every layer, expected {tuple(range(cfg.n_layers))}"
+        )
+    if kind == "alibi" and TL_MAJOR >= 4:
+        raise ValueError(
+            "positional_embedding_type='alibi' cannot be expressed by TransformerLens 4.x's "
+            "TransformerBridge (its native models have standard or rotary positions); use 3.x"
+        )
+    if cfg.length_scale_len is not None:
+        raise ValueError(
+            f"length_scale_len={cfg.length_scale_len}; TransformerLens has no length-scaled "
+            "attention, expected None"
         )
 
 
@@ -139,33 +155,58 @@ def to_transformer_lens(model: Convertible) -> Any:
     return converted.eval()
 
 
-def _to_hooked_transformer(model: Convertible) -> Any:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = model.cfg
-    d_mlp = _tl_mlp_width(model)
-    tl_cfg = HookedTransformerConfig(
+def _config_fields(cfg: Any, d_mlp: int | None) -> dict[str, Any]:
+    """The fields TransformerLens's two config classes share (MLP width and activation are
+    set by the caller): absolute positions (zeros for ``"none"``), no BOS."""
+    return dict(
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
         n_ctx=cfg.n_ctx,
         d_head=cfg.d_head,
         n_heads=cfg.n_heads,
         d_vocab=cfg.d_vocab,
-        d_mlp=d_mlp,
-        act_fn="relu" if d_mlp else None,
         attn_only=d_mlp is None,
         normalization_type=cfg.normalization_type,
         eps=cfg.eps,
-        positional_embedding_type="standard",
+        positional_embedding_type=(
+            cfg.positional_embedding_type
+            if cfg.positional_embedding_type in ("alibi", "rotary")
+            else "standard"
+        ),
+        **_rotary_fields(cfg),
         default_prepend_bos=False,
         device=cfg.device,
         dtype=cfg.dtype,
         seed=cfg.seed,
     )
+
+
+def _rotary_fields(cfg: Any) -> dict[str, Any]:
+    if cfg.positional_embedding_type != "rotary":
+        return {}
+    return {"rotary_dim": cfg.d_head, "rotary_base": cfg.rotary_base}
+
+
+def _adjacent_pairs(d_head: int) -> Tensor:
+    """Head-dimension order that turns tlassoc's rotary pairing ``(i, i + d/2)`` into the
+    adjacent pairs ``(2i, 2i + 1)`` of TransformerBridge's native rotary."""
+    half = d_head // 2
+    return torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).flatten()
+
+
+def _to_hooked_transformer(model: Convertible) -> Any:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = model.cfg
+    d_mlp = _tl_mlp_width(model)
+    tl_cfg = HookedTransformerConfig(
+        **_config_fields(cfg, d_mlp), d_mlp=d_mlp, act_fn="relu" if d_mlp else None
+    )
     ht = HookedTransformer(tl_cfg, tokenizer=_tokenizer(model), default_padding_side="right")
     state = ht.state_dict()
     state["embed.W_E"] = model.W_E
-    state["pos_embed.W_pos"] = _positions(model)
+    if "pos_embed.W_pos" in state:
+        state["pos_embed.W_pos"] = _positions(model)
     state["unembed.W_U"] = model.W_U
     state["unembed.b_U"] = torch.zeros_like(state["unembed.b_U"])
     W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O
@@ -195,22 +236,7 @@ def _to_bridge(model: Convertible) -> Any:
     cfg = model.cfg
     d_mlp = _tl_mlp_width(model)
     bridge_cfg = TransformerBridgeConfig(
-        d_model=cfg.d_model,
-        d_head=cfg.d_head,
-        n_layers=cfg.n_layers,
-        n_ctx=cfg.n_ctx,
-        n_heads=cfg.n_heads,
-        d_vocab=cfg.d_vocab,
-        d_mlp=d_mlp or 4 * cfg.d_model,
-        act_fn="relu",
-        attn_only=d_mlp is None,
-        normalization_type=cfg.normalization_type,
-        eps=cfg.eps,
-        positional_embedding_type="standard",
-        default_prepend_bos=False,
-        seed=cfg.seed,
-        device=cfg.device,
-        dtype=cfg.dtype,
+        **_config_fields(cfg, d_mlp), d_mlp=d_mlp or 4 * cfg.d_model, act_fn="relu"
     )
     bridge = TransformerBridge.boot_native(
         bridge_cfg,
@@ -221,9 +247,13 @@ def _to_bridge(model: Convertible) -> Any:
     )
     native = bridge.original_model
     native.tok_embed.weight.copy_(model.W_E)
-    native.pos.weight.copy_(_positions(model))
+    if native.pos is not None:
+        native.pos.weight.copy_(_positions(model))
     native.head.weight.copy_(model.W_U.T)
     W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O
+    if cfg.positional_embedding_type == "rotary":
+        order = _adjacent_pairs(cfg.d_head).to(W_Q.device)
+        W_Q, W_K = W_Q[..., order], W_K[..., order]
     for layer, block in enumerate(native.layers):
         attn = block.attn
         for lin, w in ((attn.q, W_Q[layer]), (attn.k, W_K[layer]), (attn.v, W_V[layer])):

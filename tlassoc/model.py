@@ -6,11 +6,11 @@ and weight shapes, so ``run_with_cache``, ``run_with_hooks``, ``transformer_lens
 4.x. Three positional encodings:
 
 * ``"standard"`` (absolute positions): ``x_t = w_E(z_t) + p_t``.
-* ``"relative"`` (relative positions): ``x_t = w_E(z_t)``; in the relative layers a vector ``r_j`` per distance
-  ``j = t - s`` joins the key input, ``score(t, s) = q_t . W_K (x_s + r_{t-s}) / sqrt(d_head)``.
-  The relative term is computed as ``q . (W_K R)^T`` for every distance and then gathered by
-  ``t - s``: no ``[query, key, d]`` tensor is ever built. ``relative_form="bias"`` adds a
-  learned scalar per distance and head instead (T5-style).
+* ``"relative"`` (relative positions): ``x_t = w_E(z_t)``; in the relative layers a vector ``r_j``
+  per distance ``j = t - s`` joins the key input, ``score(t, s) = q_t . W_K (x_s + r_{t-s}) /
+  sqrt(d_head)``. The relative term is computed as ``q . (W_K R)^T`` for every distance and then
+  gathered by ``t - s``: no ``[query, key, d]`` tensor is ever built. ``relative_form="bias"`` adds
+  a learned scalar per distance and head instead (T5-style).
 * ``"none"``: no positional information at all.
 
 Example:
@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from torch import Tensor
 
 from tlassoc._io import atomic_write_bytes
 from tlassoc._tl import ActivationCache, FactoredMatrix, HookedRootModule, HookPoint
+from tlassoc._tl_surface import TLSurface
 from tlassoc.config import AssocConfig
 from tlassoc.tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
 
@@ -51,6 +53,51 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, pickled, tampered with or inconsistent."""
+
+
+def memory_limit_bytes(device: Any = "cpu") -> int | None:
+    """Half the memory of ``device`` (the machine's RAM for the CPU), or ``None`` if unknown.
+
+    Example:
+        >>> memory_limit_bytes("cpu") is None or memory_limit_bytes("cpu") > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_attention_memory(
+    cfg: AssocConfig, batch: int, seq_len: int, *, layers: int = 1, what: str = "input"
+) -> None:
+    """Refuse, before allocating, a batch whose attention scores would not fit in memory.
+
+    The estimate is the scores and the pattern, ``2 x batch x n_heads x seq_len² x bytes`` per
+    layer, for ``layers`` layers (all of them when training keeps them for the backward pass);
+    the limit is :func:`memory_limit_bytes` of the model's device.
+
+    Raises:
+        ValueError: one line with the estimate and the limit.
+
+    Example:
+        >>> check_attention_memory(AssocConfig(d_model=16), batch=1, seq_len=10**7)
+        Traceback (most recent call last):
+        ...
+        ValueError: input of batch 1 x 10000000 positions needs about ...
+    """
+    limit = memory_limit_bytes(cfg.device)
+    need = 2 * batch * cfg.n_heads * seq_len * seq_len * cfg.dtype.itemsize * layers
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"{what} of batch {batch} x {seq_len} positions needs about {need / 2**30:.3g} GiB "
+            f"for attention scores ({layers} layer(s), {cfg.n_heads} head(s), {cfg.dtype}); "
+            f"expected at most {limit / 2**30:.3g} GiB (half of {cfg.device} memory): use "
+            "shorter sequences or smaller batches"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,8 +169,73 @@ def relative_distance_index(
     return (t - s).clamp(0, max_distance - 1)
 
 
+def alibi_slopes(n_heads: int) -> Float[Tensor, " n_heads"]:
+    """ALiBi's fixed slope of each head, ``m_h = 2^(-8 (h + 1) / n_heads)`` (TransformerLens's
+    and the ALiBi paper's convention).
+
+    Example:
+        >>> alibi_slopes(2).tolist()
+        [0.0625, 0.00390625]
+    """
+    start = 2.0 ** (-8.0 / n_heads)
+    return start ** torch.arange(1, n_heads + 1, dtype=torch.float64)
+
+
+def rotary_angles(
+    n_pos: int, d_head: int, base: float, device: Any = "cpu"
+) -> Float[Tensor, "pos d_head"]:
+    """Rotary angles ``t * theta_i`` with ``theta_i = base^(-2i / d_head)``, each frequency
+    repeated for the two halves of the head (the GPT-NeoX pairing TransformerLens uses).
+
+    Example:
+        >>> rotary_angles(2, 4, 10000.0)[1].tolist()
+        [1.0, 0.009999999776482582, 1.0, 0.009999999776482582]
+    """
+    dim = torch.arange(d_head // 2, dtype=torch.float32, device=device)
+    inv_freq = base ** (-dim / (d_head / 2))
+    angles = torch.arange(n_pos, dtype=torch.float32, device=device)[:, None] * inv_freq[None, :]
+    return torch.cat([angles, angles], dim=-1)
+
+
+def apply_rotary(
+    x: Float[Tensor, "batch pos n_heads d_head"], base: float
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """Rotate each half-pair ``(x_i, x_{i + d/2})`` of every position ``t`` by ``t * theta_i``:
+    ``x cos + rotate_half(x) sin`` with ``rotate_half(x) = (-x_2nd_half, x_1st_half)``."""
+    angles = rotary_angles(x.shape[1], x.shape[-1], base, x.device)[None, :, None, :]
+    half = x.shape[-1] // 2
+    flipped = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * angles.cos().to(x.dtype) + flipped * angles.sin().to(x.dtype)
+
+
+def length_scale(n_pos: int, train_len: int, device: Any = "cpu") -> Float[Tensor, " pos"]:
+    """Per-query multiplier ``log(t + 1) / log(train_len)`` of length-scaled attention (1 where
+    the query sees ``train_len`` keys).
+
+    Example:
+        >>> length_scale(4, 4)[-1].item()
+        1.0
+    """
+    t = torch.arange(n_pos, dtype=torch.float32, device=device)
+    return torch.log(t + 1) / math.log(train_len)
+
+
 class Attention(nn.Module):
-    """Causal multi-head attention with optional identity query and relative-position term."""
+    """Causal multi-head attention with optional identity query and a position term.
+
+    Scores, for the layers that carry one (``cfg.relative_layers``):
+
+    * relative: ``q_t . W_K (x_s + r_{t-s}) / sqrt(d_head)`` (vector form) or ``q_t . k_s /
+      sqrt(d_head) + b_{t-s}`` (bias form);
+    * ALiBi: ``q_t . k_s / sqrt(d_head) - m_h (t - s)``;
+    * rotary: ``R_t q_t . R_s k_s / sqrt(d_head)`` (the rotated ``q``, ``k`` pass
+      ``hook_rot_q``, ``hook_rot_k``).
+
+    With ``cfg.length_scale_len`` every logit of query ``t`` is multiplied by
+    :func:`length_scale`. When nothing is hooked on this module (training), a fused kernel
+    (``scaled_dot_product_attention``) computes the same numbers faster; any hook, a cache or
+    ``fast_attention=False`` selects the step-by-step path that fires every hook.
+    """
 
     def __init__(self, cfg: AssocConfig, layer: int):
         super().__init__()
@@ -135,12 +247,17 @@ class Attention(nn.Module):
         self.W_K = nn.Parameter(torch.empty(h, dm, dh, dtype=cfg.dtype))
         self.W_V = nn.Parameter(torch.empty(h, dm, dh, dtype=cfg.dtype))
         self.W_O = nn.Parameter(torch.empty(h, dh, dm, dtype=cfg.dtype))
-        self.relative = cfg.has_relative(layer)
+        self.position = cfg.position_in_attention(layer)
+        self.relative = self.position == "relative"
         if self.relative and cfg.relative_form == "bias":
             self.b_rel = nn.Parameter(torch.empty(h, cfg.max_relative_distance, dtype=cfg.dtype))
         self.scale = math.sqrt(dh)
-        for name in ("q", "k", "v", "rel_scores", "attn_scores", "pattern", "z", "result"):
+        names = ["q", "k", "v", "rel_scores", "attn_scores", "pattern", "z", "result"]
+        if self.position == "rotary":
+            names[2:2] = ["rot_q", "rot_k"]
+        for name in names:
             setattr(self, f"hook_{name}", HookPoint())
+        self._hook_points = [getattr(self, f"hook_{name}") for name in names]
 
     def query_weight(self) -> Float[Tensor, "n_heads d_model d_head"]:
         """``W_Q``; the identity for every head when ``identity_query`` is set."""
@@ -150,16 +267,32 @@ class Attention(nn.Module):
         return self.W_Q
 
     def _qkv(
-        self, x: Float[Tensor, "batch pos d_model"]
+        self, x: Float[Tensor, "batch pos d_model"], copy: bool = True
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values ``[batch, pos, n_heads, d_head]`` of the input rows ``x``."""
         if self.cfg.identity_query:  # a copy, so that hooks editing q in place never touch x
-            q = x[:, :, None, :].repeat(1, 1, self.cfg.n_heads, 1)
+            q = x[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
+            q = q.clone() if copy else q
         else:
             q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
         k = torch.einsum("bpm,hmd->bphd", x, self.W_K)
         v = torch.einsum("bpm,hmd->bphd", x, self.W_V)
         return q, k, v
+
+    def hooked(self) -> bool:
+        """Whether any hook is attached to this module's hook points."""
+        return any(h._forward_hooks or h._backward_hooks for h in self._hook_points)
+
+    def _position_scores(
+        self, q: Tensor, W_rel: Tensor | None, n_pos: int
+    ) -> Float[Tensor, "batch n_heads pos pos"] | Float[Tensor, "n_heads pos pos"] | None:
+        if self.relative:
+            return self._relative_scores(q, W_rel, n_pos)
+        if self.position == "alibi":
+            dist = relative_distance_index(n_pos, n_pos, n_pos, device=q.device).to(q.dtype)
+            slopes = alibi_slopes(self.cfg.n_heads).to(device=q.device, dtype=q.dtype)
+            return -slopes[:, None, None] * dist[None]
+        return None
 
     def forward(
         self,
@@ -167,11 +300,21 @@ class Attention(nn.Module):
         W_rel: Float[Tensor, "n_dist d_model"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         n_pos = x.shape[1]
-        q, k, v = self._qkv(x)
+        fast = self.cfg.fast_attention and not self.cfg.use_attn_result and not self.hooked()
+        q, k, v = self._qkv(x, copy=not fast)
+        if fast:
+            return self._fused(q, k, v, W_rel)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.position == "rotary":
+            q = self.hook_rot_q(apply_rotary(q, self.cfg.rotary_base))
+            k = self.hook_rot_k(apply_rotary(k, self.cfg.rotary_base))
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
-        if self.relative:
-            scores = scores + self.hook_rel_scores(self._relative_scores(q, W_rel, n_pos))
+        position = self._position_scores(q, W_rel, n_pos)
+        if position is not None:
+            scores = scores + self.hook_rel_scores(position)
+        if self.cfg.length_scale_len is not None:
+            factor = length_scale(n_pos, self.cfg.length_scale_len, x.device).to(scores.dtype)
+            scores = scores * factor[:, None]
         mask = torch.ones(n_pos, n_pos, dtype=torch.bool, device=x.device).triu(1)
         scores = self.hook_attn_scores(scores.masked_fill(mask, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
@@ -179,6 +322,25 @@ class Attention(nn.Module):
         if self.cfg.use_attn_result:
             return self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O)).sum(dim=2)
         return torch.einsum("bqhd,hdm->bqm", z, self.W_O)
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, W_rel: Tensor | None) -> Tensor:
+        """The forward pass through ``scaled_dot_product_attention`` (no hooks fire)."""
+        n_pos = q.shape[1]
+        if self.position == "rotary":
+            q, k = apply_rotary(q, self.cfg.rotary_base), apply_rotary(k, self.cfg.rotary_base)
+        bias = self._position_scores(q, W_rel, n_pos)
+        if self.cfg.length_scale_len is not None:
+            factor = length_scale(n_pos, self.cfg.length_scale_len, q.device).to(q.dtype)
+            q = q * factor[None, :, None, None]
+            bias = bias * factor[:, None] if bias is not None else None
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+        if bias is None:
+            z = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=1 / self.scale)
+        else:
+            mask = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu(1)
+            bias = bias.masked_fill(mask, float("-inf"))
+            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=1 / self.scale)
+        return torch.einsum("bhqd,hdm->bqm", z, self.W_O)
 
     def project(
         self, x: Float[Tensor, "batch pos n_heads d"], act: Literal["z", "result"] = "z"
@@ -209,10 +371,10 @@ class Attention(nn.Module):
         ``O(pos^2 * d)``. Layers with a relative-position term are not supported (their scores
         depend on the query through the distance).
         """
-        if self.relative:
+        if self.position is not None or self.cfg.length_scale_len is not None:
             raise ValueError(
-                f"layer {self.layer} has a relative-position term; expected a layer without one "
-                "for the incremental update"
+                f"layer {self.layer} has a {self.position or 'length-scaled'} position term; "
+                "expected a layer without one for the incremental update"
             )
         q, k, v, z = (cached[name] for name in ("q", "k", "v", "z"))  # [n, P, H, d]
         qn, kn, vn = self._qkv(x_new)  # [C, n, H, d]
@@ -345,8 +507,12 @@ class TransformerBlock(nn.Module):
         if self.has_mlp:
             self.ln2 = LayerNorm(cfg) if norm else nn.Identity()
             self.mlp = MLP(cfg)
-            self.hook_resid_mid = HookPoint()
-            self.hook_mlp_out = HookPoint()
+        # Every block has these hooks, as in TransformerLens models with an MLP per block: a
+        # block without a feed-forward layer writes a zero ``hook_mlp_out`` (fired only when
+        # something is hooked), so TransformerLens tools that read every block's MLP output
+        # (``patching.get_act_patch_block_every``, ``decompose_resid``) work unchanged.
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
 
     def forward(
         self, resid: Float[Tensor, "batch pos d_model"], W_rel: Tensor | None = None
@@ -356,7 +522,13 @@ class TransformerBlock(nn.Module):
         if self.has_mlp:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        elif any(h._forward_hooks or h._backward_hooks for h in self._mlp_hooks()):
+            resid = self.hook_resid_mid(resid)
+            resid = resid + self.hook_mlp_out(torch.zeros_like(resid))
         return self.hook_resid_post(resid)
+
+    def _mlp_hooks(self) -> tuple[HookPoint, HookPoint]:
+        return self.hook_resid_mid, self.hook_mlp_out
 
     def add_mlp(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """``resid`` plus the feed-forward block's output (unchanged without one); no hooks."""
@@ -364,8 +536,8 @@ class TransformerBlock(nn.Module):
 
     @property
     def supports_incremental(self) -> bool:
-        """Whether :meth:`forward_incremental` applies (no relative-position term)."""
-        return not self.attn.relative
+        """Whether :meth:`forward_incremental` applies (no position term in attention)."""
+        return self.attn.position is None and self.attn.cfg.length_scale_len is None
 
     def forward_incremental(
         self,
@@ -393,8 +565,8 @@ class TransformerBlock(nn.Module):
         return self.add_mlp((resid + out).reshape(C * n, P, -1))
 
 
-#: Hooks (relative to ``blocks.{l}.``) whose cached values :meth:`TransformerBlock.forward_incremental`
-#: reads.
+#: Hooks (relative to ``blocks.{l}.``) whose cached values
+#: :meth:`TransformerBlock.forward_incremental` reads.
 INCREMENTAL_HOOKS = (
     "hook_resid_pre",
     "attn.hook_q",
@@ -446,7 +618,7 @@ def possible_parameter_names(cfg: AssocConfig) -> list[str]:
     return names
 
 
-class AssocTransformer(HookedRootModule):
+class AssocTransformer(TLSurface, HookedRootModule):
     """A two- or three-layer transformer of the associative-memory papers, hookable like any
     TransformerLens model.
 
@@ -465,7 +637,7 @@ class AssocTransformer(HookedRootModule):
     def __init__(self, cfg: AssocConfig, tokenizer: CharTokenizer | WordTokenizer | None = None):
         super().__init__()
         if not isinstance(cfg, AssocConfig):
-            raise ValueError(f"cfg must be an AssocConfig, got {type(cfg).__name__}")
+            raise ValueError(f"cfg=<{type(cfg).__name__}>; expected an AssocConfig")
         self.cfg = cfg
         if tokenizer is None and cfg.d_vocab == 65:
             tokenizer = CharTokenizer.tiny_shakespeare()
@@ -532,7 +704,7 @@ class AssocTransformer(HookedRootModule):
             raise ValueError(
                 f"expected a tensor of token ids or a string, got {type(tokens).__name__}"
             )
-        if tokens.dtype.is_floating_point or tokens.dtype in (torch.bool, torch.complex64):
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise ValueError(f"token tensor has dtype {tokens.dtype}; expected an integer dtype")
         if tokens.ndim == 1:
             tokens = tokens[None]
@@ -553,6 +725,7 @@ class AssocTransformer(HookedRootModule):
                 f"sequence length {tokens.shape[1]} > n_ctx {self.cfg.n_ctx}: absolute positions "
                 "only exist up to n_ctx (relative or no positions have no such limit)"
             )
+        check_attention_memory(self.cfg, tokens.shape[0], tokens.shape[1])
         return tokens.to(device=self.W_E.device, dtype=torch.long)
 
     # --- forward --------------------------------------------------------------------------------
@@ -685,6 +858,8 @@ class AssocTransformer(HookedRootModule):
         tok = self._require_tokenizer()
         if prepend_bos:
             raise ValueError("prepend_bos=True: this vocabulary has no BOS token")
+        if not isinstance(input, (str, list, tuple)) or not all(isinstance(t, str) for t in input):
+            raise TypeError(f"input={input!r}; expected a string or a list of strings")
         texts = [input] if isinstance(input, str) else list(input)
         if not texts:
             raise ValueError("to_tokens got an empty list; expected at least one string")
@@ -699,6 +874,12 @@ class AssocTransformer(HookedRootModule):
             raise ValueError("cannot tokenize an empty string")
         tokens = torch.tensor(ids, dtype=torch.long)
         if truncate and self.cfg.positional_embedding_type == "standard":
+            if tokens.shape[1] > self.cfg.n_ctx:
+                warnings.warn(
+                    f"input has {tokens.shape[1]} tokens, more than n_ctx={self.cfg.n_ctx}; "
+                    f"absolute positions stop there, so only the first {self.cfg.n_ctx} are kept",
+                    stacklevel=2,
+                )
             tokens = tokens[:, : self.cfg.n_ctx]
         return tokens.to(self.cfg.device) if move_to_device else tokens
 
@@ -922,23 +1103,54 @@ class AssocTransformer(HookedRootModule):
             raise CheckpointError(
                 f"{weights_path} is not a valid safetensors file: {err}"
             ) from None
-        cfg_dict = dict(meta["config"])
-        if device is not None:
-            cfg_dict["device"] = device
-        cfg = AssocConfig.from_dict(cfg_dict)
-        tok = tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
-        model = cls(cfg, tokenizer=tok)
-        expected = set(model.state_dict())
-        if set(state) != expected:
+        model = cls._from_meta(meta, config_path, device)
+        expected = model.state_dict()
+        if set(state) != set(expected):
             raise CheckpointError(
-                f"{weights_path} holds tensors {sorted(set(state) ^ expected)[:5]} that do not "
-                "match the config"
+                f"{weights_path} holds tensors {sorted(set(state) ^ set(expected))[:5]} that do "
+                "not match the config"
             )
+        for name, tensor in state.items():
+            want = expected[name]
+            if tensor.shape != want.shape or tensor.dtype != want.dtype:
+                raise CheckpointError(
+                    f"{weights_path}: {name} is {tensor.dtype} {tuple(tensor.shape)}; expected "
+                    f"{want.dtype} {tuple(want.shape)} from {config_path.name}"
+                )
         model.load_state_dict(state)
         frozen = set(meta.get("frozen_parameters", []))
         for name, param in model.named_parameters():
             param.requires_grad_(name not in frozen)
         return model
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], config_path: Path, device: str | None) -> Any:
+        """The (untrained) model a checkpoint's ``config.json`` describes."""
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(
+                f"{config_path} has no 'config' object; expected the model settings that "
+                "AssocTransformer.save writes"
+            )
+        cfg_dict = dict(meta["config"])
+        if device is not None:
+            cfg_dict["device"] = device
+        try:
+            cfg = AssocConfig.from_dict(cfg_dict)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{config_path}: {err}") from None
+        tok = None
+        if meta.get("tokenizer"):
+            try:
+                tok = tokenizer_from_dict(meta["tokenizer"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(
+                    f"{config_path}: 'tokenizer' is unreadable ({err!r}); expected an object with "
+                    "'type' and 'vocab'"
+                ) from None
+        try:
+            return cls(cfg, tokenizer=tok)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{config_path}: {err}") from None
 
     # --- TransformerLens's own model ------------------------------------------------------------
     def to_transformer_lens(self) -> Any:

@@ -840,4 +840,3 @@ def ablation_effects(
     for key in ("global_loss", "in_context_loss", "global_acc", "in_context_acc"):
         df[f"d_{key}"] = df[key] - base[key]
     return df
-

@@ -37,7 +37,8 @@ from urllib.parse import urlparse
 import pandas as pd
 import torch
 
-from tlassoc._tl import TL_MAJOR
+from tlassoc._tl import TL_MAJOR, TL_VERSION
+from tlassoc.model import CheckpointError
 
 if TYPE_CHECKING:
     from tlassoc.heads.adapter import Model
@@ -141,10 +142,32 @@ def _cached_snapshot(repo: str, cache_dir: str | os.PathLike[str] | None) -> Pat
     if not isinstance(config, str):
         return None
     folder = Path(config).parent
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    if not any((folder / w).exists() for w in weights):
-        return None
-    return folder
+    if any((folder / w).exists() for w in ("model.safetensors", "model.safetensors.index.json")):
+        return folder
+    if (folder / "pytorch_model.bin").exists():
+        raise CheckpointError(
+            f"{folder / 'pytorch_model.bin'} is the only cached weights file of {repo!r}, and "
+            "it is a pickle, which tlassoc never loads; expected model.safetensors (delete the "
+            "cached snapshot and load again with network access to fetch it)"
+        )
+    return None
+
+
+#: Owners of TransformerLens-format repositories whose weights are pickled ``.pth`` files.
+#: TransformerLens 3.x reads them with ``torch.load(weights_only=False)``, which runs any code a
+#: file carries, so :func:`load_model` refuses them there (4.x reads them with torch's
+#: weights-only unpickler).
+PICKLED_REPO_OWNERS = ("NeelNanda/", "ArthurConmy/", "Baidicoot/")
+
+
+def _refuse_pickled(name: str, repo: str) -> None:
+    if TL_MAJOR < 4 and repo.startswith(PICKLED_REPO_OWNERS):
+        raise CheckpointError(
+            f"{name!r} ({repo}) is stored as a pickled .pth file, which TransformerLens "
+            f"{TL_VERSION} loads with torch.load(weights_only=False) and which could run code "
+            "from the file; tlassoc never unpickles: expected a model with safetensors weights "
+            "(e.g. 'gpt2'), or TransformerLens 4.x for this one"
+        )
 
 
 def _cache_location(cache_dir: str | os.PathLike[str] | None) -> str:
@@ -193,11 +216,15 @@ def load_model(
 
     Raises:
         HubUnavailableError: not cached and the hub is unreachable or disabled.
+        CheckpointError: the weights would have to be unpickled (a cached snapshot holding only
+            ``pytorch_model.bin``; on TransformerLens 3.x, the pickled ``.pth`` repositories of
+            :data:`PICKLED_REPO_OWNERS`). Nothing is loaded.
 
     Example:
         >>> model = load_model("gpt2")  # doctest: +SKIP
     """
     repo = official_name(name)
+    _refuse_pickled(name, repo)
     snapshot = _cached_snapshot(repo, cache_dir)
     if snapshot is None:
         if _offline_env():
@@ -242,7 +269,11 @@ def _from_snapshot(
 
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
-            snapshot, torch_dtype=dtype, attn_implementation="eager", local_files_only=True
+            snapshot,
+            torch_dtype=dtype,
+            attn_implementation="eager",
+            local_files_only=True,
+            use_safetensors=True,
         )
     except (ValueError, OSError, KeyError):
         # Not a transformers checkpoint (e.g. TransformerLens's own toy models): let

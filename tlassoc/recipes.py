@@ -85,6 +85,15 @@ def _lengthgen() -> RunConfig:
     )
 
 
+def _paper_scale() -> RunConfig:
+    # The papers' scale: d 256, batch 512, sequence 256, SGD with momentum, 1,000 steps.
+    return RunConfig(
+        model=presets.rpe(d_model=256, n_ctx=1024),
+        train=TrainConfig.simplified(**_CHECKPOINTS),
+        task=TaskConfig(seq_len=256),
+    )
+
+
 def _tutorial() -> RunConfig:
     return RunConfig(
         model=presets.rpe(d_model=64, n_ctx=256),
@@ -122,6 +131,8 @@ RECIPES: dict[str, Recipe] = {
                _full),
         Recipe("lengthgen", "the length-generalisation run: rpe at d 64, T_train 128, "
                "400 AdamW steps", _lengthgen),
+        Recipe("paper-scale", "the papers' scale: rpe at d 256, batch 512, T 256, 1,000 SGD "
+               "steps (a GPU run: --set model.device=cuda)", _paper_scale),
         Recipe("tutorial", "fast run for notebooks: rpe d 64, random triggers, T 128, "
                "500 AdamW steps", _tutorial),
     )

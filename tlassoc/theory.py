@@ -252,7 +252,7 @@ def designed_prompts(
     from tlassoc.data import BigramModel
 
     if not isinstance(bigram, BigramModel):
-        raise ValueError(f"bigram must be a BigramModel, got {type(bigram).__name__}")
+        raise ValueError(f"bigram=<{type(bigram).__name__}>; expected a BigramModel")
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts={n_prompts!r}; expected an integer >= 1")
     longest = max(2 * (n + m) + n + m for n, m in counts) + 3

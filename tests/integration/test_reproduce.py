@@ -65,8 +65,13 @@ def test_ported_experiment_gives_the_numbers_of_the_old_script(form, one_thread)
     exp = get("length_generalization")
     cfg = exp.quick_config().override(
         {
+            "model.fast_attention": False,  # the step-by-step path the reference was made with
+            "width_rule": None,
+            "clip_rule": None,
+            "encodings": ("relative", "standard"),
+            "seeds": (0,),
             "train.steps": 12,
-            "task.seq_len": 32,
+            "train_lens": (32,),
             "train.batch_size": 16,
             "model.d_model": 32,
             "train.eval_batch_size": 8,
@@ -78,7 +83,7 @@ def test_ported_experiment_gives_the_numbers_of_the_old_script(form, one_thread)
     )
     result = exp.measure(cfg, progress=False)
     for old, new in (("rpe", "relative"), ("ape", "standard")):
-        want, got = reference["models"][old], result.per_seed[0][new]
+        want, got = reference["models"][old], result.per_seed[0]["T32"][new]
         for key, value in want.items():
             if key == "train_seconds":
                 continue
@@ -87,6 +92,8 @@ def test_ported_experiment_gives_the_numbers_of_the_old_script(form, one_thread)
                 mine = [{k: v for k, v in r.items() if k != "seconds"} for r in mine]
             elif isinstance(value, dict):
                 mine = {k: mine[k] for k in value}
+            if key in ("segment", "segment_near"):
+                mine = {k: v for k, v in mine.items() if k in value}
             assert json.dumps(mine, sort_keys=True) == json.dumps(value, sort_keys=True), key
 
 

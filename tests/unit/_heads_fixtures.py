@@ -23,8 +23,8 @@ import functools
 import torch
 
 from tlassoc import AssocTransformer, presets
-from tlassoc.data import BigramModel, TriggerBigramTask
 from tlassoc.config import TrainConfig
+from tlassoc.data import BigramModel, TriggerBigramTask
 from tlassoc.training import train
 
 SEQ_LEN = 128

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parents[2] / "tlassoc"
 LAYERS: list[tuple[str, ...]] = [
     ("tlassoc.config", "tlassoc.presets", "tlassoc.recipes"),
     ("tlassoc._io", "tlassoc.metrics", "tlassoc.tokenizer", "tlassoc.data"),
-    ("tlassoc._tl", "tlassoc.model", "tlassoc.convert"),
+    ("tlassoc._tl", "tlassoc._tl_surface", "tlassoc.model", "tlassoc.convert"),
     ("tlassoc.training",),
     (
         "tlassoc.memory",
@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "tlassoc.pretrained",
     ),
     ("tlassoc.experiments",),
+    ("tlassoc.sweep",),
     ("tlassoc.cli", "tlassoc.__main__", "tlassoc.quickstart"),
 ]
 

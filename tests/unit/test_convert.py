@@ -43,3 +43,31 @@ def test_relative_positions_cannot_be_converted():
         ValueError, match="positional_embedding_type='relative' cannot be expressed"
     ):
         AssocTransformer(presets.rpe(d_model=16, n_ctx=16)).to_transformer_lens()
+
+
+def _imports(path):
+    """``(module, at_module_level)`` for every import statement of a source file."""
+    import ast
+
+    tree = ast.parse(open(path).read())
+    top = {id(node) for node in tree.body}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, id(node) in top))
+        elif isinstance(node, ast.Import):
+            out += [(alias.name, id(node) in top) for alias in node.names]
+    return out
+
+
+def test_model_and_convert_import_one_way():
+    """model.py imports convert.py lazily (inside to_transformer_lens); convert.py never imports
+    model.py, neither at module level nor inside a function."""
+    import tlassoc.convert
+    import tlassoc.model
+
+    convert_imports = [m for m, _ in _imports(tlassoc.convert.__file__)]
+    assert not any(m == "tlassoc.model" or m.startswith("tlassoc.model.") for m in convert_imports)
+    model_imports = _imports(tlassoc.model.__file__)
+    assert ("tlassoc.convert", False) in model_imports
+    assert ("tlassoc.convert", True) not in model_imports

@@ -152,3 +152,64 @@ def test_errors_name_the_bad_value(small):
         H.previous_token_scores(small, torch.tensor([[1, 2]]), form="max")
     with pytest.raises(ValueError, match="block_len"):
         H.random_block_tokens(small, 100)
+
+
+def test_adapter_carries_positions_and_feed_forward(gpt2):
+    rpe = AssocTransformer(presets.rpe(d_model=16, ffn_type="linear"))
+    w = H.head_weights(rpe)
+    assert w.kind == "assoc" and w.W_pos is None and w.relative[1] is None
+    assert w.relative[0].form == "vector" and torch.equal(w.relative[0].W_rel, rpe.W_rel)
+    assert w.ffn_layers == (1,) and w.ffn[1].act == "linear"
+    x = torch.randn(3, 16)
+    assert torch.allclose(w.ffn[1](x), rpe.blocks[1].mlp(x))
+    bias = AssocTransformer(presets.rpe(d_model=16, relative_form="bias"))
+    rel = H.head_weights(bias).relative[0]
+    assert rel.form == "bias" and torch.equal(rel.b_rel, bias.blocks[0].attn.b_rel)
+    ape = AssocTransformer(presets.ape(d_model=16, n_ctx=32))
+    assert torch.equal(H.head_weights(ape).W_pos, ape.W_pos)
+    # the full OV circuit, one definition for every reader
+    full = w.W_E @ w.W_V[1, 0] @ w.W_O[1, 0] @ w.W_U
+    assert torch.allclose(w.full_ov(1, 0), full) and torch.allclose(w.full_ov(1), full)
+    # TransformerLens models: their MLPs, read from the stacked weights, act as the model does
+    g = H.head_weights(gpt2)
+    assert g.kind == H.model_kind(gpt2) in ("hooked_transformer", "bridge")
+    assert len(g.ffn) == 2 and g.W_pos is not None and g.relative == (None, None)
+    _, cache = gpt2.run_with_cache(torch.tensor([[1, 2, 3, 4]]))
+    mlp_out = cache["blocks.0.hook_mlp_out"]
+    assert mlp_out.abs().max() > 0
+    assert torch.allclose(g.ffn[0](cache["blocks.0.ln2.hook_normalized"]), mlp_out, atol=1e-5)
+
+
+def test_non_models_get_one_line_type_error():
+    from tlassoc import patching as P
+    from tlassoc.memory import basis, build_ideal, circuit, memory_report, recall_probes
+    from tlassoc.theory import TheoryParams
+
+    calls = {
+        "head_weights": lambda m: H.head_weights(m),
+        "model_kind": lambda m: H.model_kind(m),
+        "induction_scores": lambda m: H.induction_scores(m),
+        "previous_token_scores": lambda m: H.previous_token_scores(m),
+        "attention_patterns": lambda m: H.attention_patterns(m, torch.tensor([[1, 2]])),
+        "copying_scores": lambda m: H.copying_scores(m),
+        "head_scores": lambda m: H.head_scores(m),
+        "induction_prompts": lambda m: P.induction_prompts(m),
+        "patch_heads": lambda m: P.patch_heads(m, (torch.ones(1, 3), torch.ones(1, 3))),
+        "ablate_heads": lambda m: P.ablate_heads(m, torch.tensor([[1]]), [(0, 0)]),
+        "basis": lambda m: basis(m, "tokens"),
+        "circuit": lambda m: circuit(m, "W_E"),
+        "memory_report": lambda m: memory_report(m),
+        "recall_probes": lambda m: recall_probes(m),
+        "from_model": lambda m: TheoryParams.from_model(m),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=r"^model='abc'; expected an AssocTransformer, "):
+            call("abc")
+        try:
+            call("abc")
+        except ValueError as err:  # also a ValueError, and one line
+            assert "\n" not in str(err), name
+    with pytest.raises(
+        TypeError, match=r"^model=<\w+>; ideal_memories expected an AssocTransformer$"
+    ):
+        build_ideal(gpt2_small_offline())

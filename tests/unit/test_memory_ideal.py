@@ -17,6 +17,7 @@ from tlassoc.memory import (
     ideal_nope_model,
     outer_memory,
 )
+from tlassoc.metrics import masked_accuracy
 
 TRAIN_LEN = 128
 
@@ -42,11 +43,10 @@ def ape_model() -> AssocTransformer:
 
 
 def in_context_accuracy(model, batch) -> float:
-    with torch.no_grad():
-        pred = model(batch.tokens).argmax(-1)
     mask = batch.labels >= 2
     assert int(mask.sum()) > 100
-    return float((pred == batch.targets)[mask].float().mean())
+    with torch.no_grad():
+        return masked_accuracy(model(batch.tokens), batch.targets, mask)
 
 
 @pytest.mark.parametrize("length", [128, 256, 512])

@@ -117,3 +117,18 @@ def test_bad_inputs_raise_clear_errors(ideal_rpe):
         memory_report(ideal_rpe, triggers=[70])
     with pytest.raises(ValueError, match="expected mask has shape"):
         memory_table(ideal_rpe, "W_K1", tok, tok, expected=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_tables_read_transformer_lens_models():
+    """basis and circuit work on a GPT-2-architecture TransformerLens model (the adapter)."""
+    from _heads_fixtures import gpt2_small_offline
+
+    from tlassoc.heads import head_weights
+
+    gpt2 = gpt2_small_offline()
+    w = head_weights(gpt2)
+    full = circuit(gpt2, "W_U W_O1 W_V1 W_E", head=2)
+    assert torch.allclose(full, w.full_ov(1, 2).T.float(), atol=1e-5)
+    ov = basis(gpt2, "ov", layer=0, head=1)
+    assert len(ov) == gpt2.cfg.d_vocab and ov.labels[0].startswith("OV0(")
+    assert basis(gpt2, "positions", n=8).labels[-1] == "p7"

@@ -243,3 +243,46 @@ def test_identity_query_hook_edits_stay_in_their_head():
         _, edited = model.run_with_cache(toks)
     torch.testing.assert_close(edited["blocks.0.hook_resid_pre"], clean["blocks.0.hook_resid_pre"])
     assert edited["blocks.0.attn.hook_q"].abs().sum() == 0
+
+
+def test_start_at_layer_resumes_the_forward_pass(rpe):
+    toks = tokens()
+    for layer in (0, 1, 2):
+        resid = rpe(toks, stop_at_layer=layer)
+        torch.testing.assert_close(rpe(resid, start_at_layer=layer), rpe(toks), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="start_at_layer=3"):
+        rpe(resid, start_at_layer=3)
+    with pytest.raises(ValueError, match="return_type='loss' with start_at_layer"):
+        rpe(resid, start_at_layer=1, return_type="loss")
+    with pytest.raises(ValueError, match="expected a residual stream"):
+        rpe(toks, start_at_layer=1)
+
+
+def test_incremental_block_update_equals_the_full_block():
+    """Changing one input row of a block: TransformerBlock.forward_incremental (used by
+    batched patching) gives the block's full forward output, for sharp and soft attention."""
+    from tlassoc.model import INCREMENTAL_HOOKS
+
+    cfg = AssocConfig(
+        d_model=32, n_heads=2, n_ctx=64, ffn_type="relu", normalization_type="LN", seed=4
+    )
+    model = AssocTransformer(cfg).eval()
+    with torch.no_grad():
+        model.blocks[1].attn.W_K.mul_(6.0)  # some rows attend almost only to one key
+    toks = tokens(batch=2, pos=12)
+    names = {f"blocks.1.{h}" for h in INCREMENTAL_HOOKS}
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
+    cached = {h: cache[f"blocks.1.{h}"] for h in INCREMENTAL_HOOKS}
+    resid = cached["hook_resid_pre"]
+    pos = torch.tensor([0, 5, 11])
+    new = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0))
+    block = model.blocks[1]
+    assert (
+        block.supports_incremental
+        and not AssocTransformer(presets.rpe(d_model=16)).blocks[0].supports_incremental
+    )
+    got = block.forward_incremental(cached, new, pos)
+    for c in range(3):
+        changed = resid.clone()
+        changed[:, pos[c]] = new[c]
+        torch.testing.assert_close(got[2 * c : 2 * c + 2], block(changed), rtol=1e-5, atol=1e-5)

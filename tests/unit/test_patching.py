@@ -202,7 +202,7 @@ def test_trained_rpe_ablations():
 
 
 def test_trained_rpe_ffn_ablations_global_vs_in_context():
-    """Issue 6 on a model with a linear feed-forward layer trained on ALL positions (meaningful
+    """Ablations on a model with a linear feed-forward layer trained on ALL positions (meaningful
     global-bigram loss; scalar relative bias, d_model 128, see ``_heads_fixtures``). Measured
     (tl4, 64 sequences, 10 triggers): in-context accuracy 0.947, global loss 2.437 (true
     bigram on the same positions 2.10, unigram 3.68). Layer-0 zero / mean: in-context -0.626 /
@@ -219,8 +219,9 @@ def test_trained_rpe_ffn_ablations_global_vs_in_context():
     # nearly all in-context accuracy
     pp1 = row[("1.0", "pattern_preserving")]
     assert pp1["d_in_context_acc"] <= -0.5 and pp1["in_context_acc"] < 0.2
-    # (c) METRICS.md's pattern-preserving ablation freezes every attention pattern while it
-    # zeroes the head. The previous-token head acts only through layer 1's keys (K-composition),
-    # i.e. through the layer-1 pattern that is now frozen, so in-context accuracy barely moves
+    # (c) the pattern-preserving ablation (docs/method.md, Head metrics) freezes every attention
+    # pattern while it zeroes the head. The previous-token head acts only through layer 1's keys
+    # (K-composition), i.e. through the layer-1 pattern that is now frozen, so in-context
+    # accuracy barely moves
     pp0 = row[("0.0", "pattern_preserving")]["d_in_context_acc"]
     assert abs(pp0) < 0.1 and abs(pp0) < 0.5 * abs(row[("0.0", "zero")]["d_in_context_acc"])

@@ -29,7 +29,8 @@ def _ov(model, layer):
 
 @torch.no_grad()
 def _hand_built(model):
-    """Store the ideal induction-circuit pairs (PAPER.md §4) with exact pseudo-inverses."""
+    """Store the ideal induction-circuit pairs (docs/method.md, Recall probes) with exact
+    pseudo-inverses."""
     W_E, W_U = model.W_E, model.W_U
     a0, a1 = model.blocks[0].attn, model.blocks[1].attn
     a1.W_O[0] = torch.linalg.pinv(W_E @ a1.W_V[0]) @ torch.linalg.pinv(W_U) * 5

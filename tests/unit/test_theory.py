@@ -113,3 +113,17 @@ def test_bad_inputs_raise_clear_errors(bigram, prompts):
         TheoryParams(torch.eye(3), torch.eye(4))
     with pytest.raises(ValueError, match="no prompts"):
         compare(model, [], params)
+
+
+def test_theory_reads_transformer_lens_models_through_the_adapter():
+    """TheoryParams.from_model on TransformerLens's copy of a model (HookedTransformer or
+    TransformerBridge; the linear feed-forward layer becomes a ReLU pair) gives the same
+    memories as on the AssocTransformer."""
+    model = AssocTransformer(presets.ape(d_model=32, n_ctx=16, ffn_type="linear", seed=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    ours = TheoryParams.from_model(model)
+    theirs = TheoryParams.from_model(model.to_transformer_lens())
+    torch.testing.assert_close(theirs.copy, ours.copy, rtol=0, atol=1e-5)
+    torch.testing.assert_close(theirs.bigram, ours.bigram, rtol=0, atol=1e-5)

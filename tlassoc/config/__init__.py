@@ -16,6 +16,7 @@ Example:
 """
 
 from tlassoc.config.model import (
+    ATTENTION_POSITIONS,
     FFN_TYPES,
     NORMALIZATION_TYPES,
     POSITIONAL_TYPES,
@@ -27,6 +28,7 @@ from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig
 
 __all__ = [
+    "ATTENTION_POSITIONS",
     "FFN_TYPES",
     "NORMALIZATION_TYPES",
     "POSITIONAL_TYPES",

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 
 from tlassoc.config import _fields
 
-POSITIONAL_TYPES = ("standard", "relative", "none")
+POSITIONAL_TYPES = ("standard", "relative", "alibi", "rotary", "none")
+#: Encodings that act inside attention, in the layers named by ``relative_layers``.
+ATTENTION_POSITIONS = ("relative", "alibi", "rotary")
 RELATIVE_FORMS = ("vector", "bias")
 FFN_TYPES = (None, "linear", "relu")
 NORMALIZATION_TYPES = (None, "LN")
@@ -55,14 +57,20 @@ class AssocConfig:
         d_head: Width of a head; defaults to ``d_model // n_heads``.
         d_vocab: Vocabulary size (65 for Tiny Shakespeare characters).
         positional_embedding_type: ``"standard"`` (learned/frozen absolute ``W_pos`` added to the
-            embeddings, APE), ``"relative"`` (RPE, only in ``relative_layers``) or ``"none"``.
-        relative_layers: Layers whose attention gets the relative term (default: layer 0, the
-            previous-token layer).
+            embeddings, APE), ``"relative"`` (RPE), ``"alibi"`` (a fixed linear penalty
+            ``-m_h (t - s)`` per head), ``"rotary"`` (RoPE: queries and keys rotated by their
+            position) or ``"none"``. The last three act only in ``relative_layers``.
+        relative_layers: Layers whose attention gets the relative, ALiBi or rotary position term
+            (default: layer 0, the previous-token layer).
         max_relative_distance: Number of distinct distances; ``t - s`` is clipped at
             ``max_relative_distance - 1``. Default 64.
         relative_form: ``"vector"`` (default): a vector ``r_j`` per distance added to the key input,
             ``score(t, s) = q_t . W_K (x_s + r_{t-s}) / sqrt(d_head)``; ``"bias"``: a learned scalar
             per distance and head added to the score (T5-style).
+        rotary_base: Base of the rotary frequencies, ``theta_i = base^(-2i / d_head)``.
+        length_scale_len: Length-scaled attention (an experiment, off when ``None``): every
+            attention logit of query ``t`` is multiplied by ``log(t + 1) / log(length_scale_len)``
+            so the softmax sharpens as the number of keys grows; set it to the training length.
         identity_query: ``W_Q = I`` (the papers' simplified model); needs ``d_head == d_model``.
         frozen: ``fnmatch`` patterns of parameter names kept at their initial values
             (``requires_grad=False``), e.g. ``("embed.W_E", "blocks.0.attn.W_V")``.
@@ -79,6 +87,9 @@ class AssocConfig:
         dtype: Parameter dtype, one of float32, float64, float16, bfloat16 (a ``torch.dtype``
             after construction, as TransformerLens tools expect).
         use_attn_result: Compute per-head outputs ``hook_result`` (as in TransformerLens).
+        fast_attention: When no hook is attached to an attention layer (training), compute it
+            with PyTorch's fused ``scaled_dot_product_attention`` (the same numbers up to float
+            rounding); ``False`` always takes the step-by-step hooked path.
         default_prepend_bos: Kept for TransformerLens helpers; the character vocabulary has no
             BOS token, so this is ``False``.
         model_name: A name for reports.
@@ -94,6 +105,8 @@ class AssocConfig:
     relative_layers: tuple[int, ...] = (0,)
     max_relative_distance: int = 64
     relative_form: str = "vector"
+    rotary_base: float = 10000.0
+    length_scale_len: int | None = None
     identity_query: bool = False
     frozen: tuple[str, ...] = ()
     zero_init: tuple[str, ...] = ()
@@ -107,6 +120,7 @@ class AssocConfig:
     device: str = "cpu"
     dtype: str = "float32"
     use_attn_result: bool = False
+    fast_attention: bool = True
     default_prepend_bos: bool = False
     model_name: str = "tlassoc"
 
@@ -148,10 +162,24 @@ class AssocConfig:
             )
         self.relative_layers = _as_int_tuple("relative_layers", self.relative_layers)
         self._check_layers("relative_layers", self.relative_layers)
-        if self.positional_embedding_type == "relative" and not self.relative_layers:
+        kind = self.positional_embedding_type
+        if kind in ATTENTION_POSITIONS and not self.relative_layers:
             raise ValueError(
-                "positional_embedding_type='relative' needs at least one relative layer"
+                f"positional_embedding_type={kind!r} needs at least one relative layer"
             )
+        if kind == "rotary" and self.d_head % 2:
+            raise ValueError(f"d_head={self.d_head}; rotary positions need an even d_head")
+        ok_base = isinstance(self.rotary_base, (int, float)) and not isinstance(
+            self.rotary_base, bool
+        )
+        if not (ok_base and math.isfinite(self.rotary_base) and self.rotary_base > 1):
+            raise ValueError(f"rotary_base={self.rotary_base!r}; expected a finite number > 1")
+        self.rotary_base = float(self.rotary_base)
+        scale = self.length_scale_len
+        if scale is not None and (
+            isinstance(scale, bool) or not isinstance(scale, int) or scale < 2
+        ):
+            raise ValueError(f"length_scale_len={scale!r}; expected an integer >= 2 or None")
         if self.ffn_type not in FFN_TYPES:
             raise ValueError(f"ffn_type={self.ffn_type!r}; expected one of {FFN_TYPES}")
         if self.ffn_layers is None:
@@ -185,10 +213,13 @@ class AssocConfig:
             if not (ok and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}={v!r}; expected a positive finite number")
         if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not -(2**63) <= self.seed < 2**64
         ):
-            raise ValueError(f"seed={self.seed!r}; expected an integer or None")
+            raise ValueError(f"seed={self.seed!r}; expected an integer in [-2**63, 2**64) or None")
         self.dtype = _torch_dtype(self.dtype)
+        self._check_dtype_range()
         for name in ("frozen", "zero_init"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -205,6 +236,19 @@ class AssocConfig:
             raise ValueError(
                 f"device={self.device!r}; expected a torch device such as 'cpu'"
             ) from None
+
+    def _check_dtype_range(self) -> None:
+        """Numbers the parameter dtype cannot hold (they would become inf) are refused."""
+        import torch
+
+        info = torch.finfo(self.dtype)
+        for name in ("init_std", "eps"):
+            value = getattr(self, name)
+            if value > info.max:
+                raise ValueError(
+                    f"{name}={value!r}; expected at most {info.max:.5g}, the largest "
+                    f"{self.dtype} number (the model's dtype)"
+                )
 
     def _check_layers(self, name: str, layers: tuple[int, ...]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
@@ -230,6 +274,12 @@ class AssocConfig:
     def has_relative(self, layer: int) -> bool:
         """Whether attention in ``layer`` gets the relative-position term."""
         return self.positional_embedding_type == "relative" and layer in self.relative_layers
+
+    def position_in_attention(self, layer: int) -> str | None:
+        """``"relative"``, ``"alibi"`` or ``"rotary"`` when attention in ``layer`` gets that
+        position term, else ``None``."""
+        kind = self.positional_embedding_type
+        return kind if kind in ATTENTION_POSITIONS and layer in self.relative_layers else None
 
     def has_ffn(self, layer: int) -> bool:
         return layer in self.ffn_layers  # type: ignore[operator]

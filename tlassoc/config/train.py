@@ -32,6 +32,21 @@ def check_int(name: str, value: Any, minimum: int | None) -> None:
         raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}")
 
 
+def check_seed(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer a ``torch.Generator`` accepts
+    (``-2**63 <= value < 2**64``).
+
+    Example:
+        >>> check_seed("seed", 2**64)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed=18446744073709551616; expected an integer in [-2**63, 2**64)
+    """
+    check_int(name, value, minimum=None)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"{name}={value!r}; expected an integer in [-2**63, 2**64)")
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     """Raise ``ValueError("name=value; expected one of [...]")`` unless ``value`` is a choice."""
     if value not in choices:
@@ -104,8 +119,8 @@ class TrainConfig:
             check_int(name, getattr(self, name), minimum=0)
         for name in ("eval_batch_size", "keep_checkpoints", "batch_size"):
             check_int(name, getattr(self, name), minimum=1)
-        check_int("seed", self.seed, minimum=None)
-        check_int("eval_seed", self.eval_seed, minimum=None)
+        for name in ("seed", "eval_seed"):
+            check_seed(name, getattr(self, name))
         _check_number("lr", self.lr, maximum=1e6)
         _check_number("momentum", self.momentum, maximum=1.0)
         _check_number("weight_decay", self.weight_decay, maximum=1e6)
@@ -217,4 +232,12 @@ def _stages(unfreeze: Any) -> tuple[tuple[int, tuple[str, ...]], ...]:
     return tuple(sorted(stages))
 
 
-__all__ = ["LOSS_ON", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "check_choice", "check_int"]
+__all__ = [
+    "LOSS_ON",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TrainConfig",
+    "check_choice",
+    "check_int",
+    "check_seed",
+]

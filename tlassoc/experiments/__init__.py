@@ -4,7 +4,7 @@ The framework is :mod:`tlassoc.experiments.framework`; each experiment is one mo
 registered here by name (``tlassoc reproduce NAME``). Modules are imported on first use.
 
 Example:
-    >>> names()
+    >>> names()[:2]
     ['length_generalization', 'induction_heads']
     >>> get("length_generalization").description[:3]
     'RPE'
@@ -19,6 +19,14 @@ from typing import Any
 EXPERIMENTS: dict[str, str] = {
     "length_generalization": "tlassoc.experiments.length_generalization:LengthGenExperiment",
     "induction_heads": "tlassoc.experiments.induction_heads:InductionHeadsExperiment",
+    "nope3": "tlassoc.experiments.nope3:Nope3Experiment",
+    "memory_order": "tlassoc.experiments.memory_order:MemoryOrderExperiment",
+    "one_step": "tlassoc.experiments.one_step:OneStepExperiment",
+    "natural_induction": "tlassoc.experiments.natural_induction:NaturalInductionExperiment",
+    "knowledge_hijack": "tlassoc.experiments.knowledge_hijack:KnowledgeHijackExperiment",
+    "stronger_amt": "tlassoc.experiments.stronger_amt:StrongerAMTExperiment",
+    "analogy": "tlassoc.experiments.analogy:AnalogyExperiment",
+    "ood_outputs": "tlassoc.experiments.ood_outputs:OODOutputsExperiment",
 }
 
 #: The experiment ``tlassoc reproduce`` runs when no name is given.

@@ -172,6 +172,60 @@ class Result:
         """The value of ``metric`` for every seed."""
         return [lookup(rec, metric) for rec in self.per_seed]
 
+    @classmethod
+    def merge(cls, results: list[Result]) -> Result:
+        """One result from per-seed results of the same experiment (e.g. sweep trials that each
+        ran one seed): seeds, measurements and artifacts are concatenated in the given order;
+        the configuration's ``seeds`` lists every seed; seconds add up.
+
+        Example:
+            >>> a = Result("x", {"seeds": [0]}, [0], [{"v": 1.0}], seconds=2.0)
+            >>> b = Result("x", {"seeds": [1]}, [1], [{"v": 3.0}], seconds=3.0)
+            >>> m = Result.merge([a, b])
+            >>> m.seeds, m.values("v"), m.config["seeds"], m.seconds
+            ([0, 1], [1.0, 3.0], [0, 1], 5.0)
+        """
+        if not results:
+            raise ValueError("results=[]; expected at least one result")
+        names = {r.experiment for r in results}
+        if len(names) != 1:
+            raise ValueError(f"results of experiments {sorted(names)}; expected one experiment")
+        first = results[0]
+        config = {k: v for k, v in first.config.items() if k != "seeds"}
+        for r in results[1:]:
+            other = {k: v for k, v in r.config.items() if k != "seeds"}
+            if other != config:
+                raise ValueError("results differ in settings other than seeds; cannot merge")
+        seeds = [s for r in results for s in r.seeds]
+        artifacts: dict[str, Any] = {}
+        for r in results:
+            for key, value in r.artifacts.items():
+                if isinstance(value, dict) and isinstance(artifacts.get(key, {}), dict):
+                    artifacts.setdefault(key, {}).update(value)
+                else:
+                    artifacts.setdefault(key, value)
+        return cls(
+            first.experiment,
+            {**first.config, "seeds": seeds},
+            seeds,
+            [rec for r in results for rec in r.per_seed],
+            seconds=sum(r.seconds for r in results),
+            environment=first.environment,
+            artifacts=artifacts,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        """A result read back from ``results.json`` (without artifacts)."""
+        return cls(
+            data["experiment"],
+            data["config"],
+            list(data["seeds"]),
+            list(data["per_seed"]),
+            seconds=float(data.get("seconds", 0.0)),
+            environment=dict(data.get("environment", {})),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "experiment": self.experiment,

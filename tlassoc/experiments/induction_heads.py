@@ -74,21 +74,22 @@ def compare_induction_heads(
         induction, previous_token``) and a figure with one heatmap per model and score.
     """
     from tlassoc.heads import (
-        _pool_size,
         induction_scores,
         previous_token_scores,
         random_block_tokens,
         scores_frame,
     )
+    from tlassoc.heads.patterns import token_pool_size
     from tlassoc.viz.heads import plot_model_comparison
 
     frames = []
     for label, model in models.items():
         model = _resolve(model)
-        L = min(repeat_len, _pool_size(model), (model.cfg.n_ctx - 1) // 2)
+        pool = token_pool_size(model)
+        L = min(repeat_len, pool, (model.cfg.n_ctx - 1) // 2)
         ind = induction_scores(model, repeat_len=L, n_samples=n_samples, seed=seed)
         tokens, _ = random_block_tokens(
-            model, min(64, _pool_size(model), model.cfg.n_ctx - 1), 1, n_samples, seed=seed + 1
+            model, min(64, pool, model.cfg.n_ctx - 1), 1, n_samples, seed=seed + 1
         )
         prev = previous_token_scores(model, tokens)
         frames.append(scores_frame({"induction": ind, "previous_token": prev}, label))
@@ -172,7 +173,7 @@ class InductionHeadsExperiment(Experiment):
         if not isinstance(config, InductionHeadsConfig):
             raise TypeError(f"config={type(config).__name__}; expected an InductionHeadsConfig")
         t0 = time.perf_counter()
-        task = make_task(config.task, batch_size=config.train.batch_size)
+        task = make_task(config.task, config.train.batch_size, config.model.device)
         external = {name: _resolve(name) for name in config.pretrained}
         per_seed, tables = [], []
         for seed in config.seeds:

@@ -26,7 +26,9 @@ Example:
 
 from tlassoc.heads.adapter import HeadWeights, bos_token_id, head_weights, model_kind
 from tlassoc.heads.patterns import (
-    PATTERN_HOOK,
+    PATTERN_HOOK as PATTERN_HOOK,
+)
+from tlassoc.heads.patterns import (
     attention_patterns,
     detection_pattern,
     duplicate_token_scores,
@@ -37,7 +39,8 @@ from tlassoc.heads.patterns import (
     previous_token_scores,
     random_block_tokens,
 )
-from tlassoc.heads.table import SCORE_FUNCTIONS, head_scores, scores_frame
+from tlassoc.heads.table import SCORE_FUNCTIONS as SCORE_FUNCTIONS
+from tlassoc.heads.table import head_scores, scores_frame
 from tlassoc.heads.weights import (
     composition_baseline,
     composition_frame,

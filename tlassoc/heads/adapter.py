@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import reprlib
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
@@ -116,7 +117,7 @@ def model_kind(model: Any) -> ModelKind:
         >>> model_kind("abc")
         Traceback (most recent call last):
         ...
-        tlassoc.heads.adapter.NotAModelError: model='abc'; expected an AssocTransformer, HookedTransformer or TransformerBridge
+        tlassoc.heads.adapter.NotAModelError: model='abc'; expected an AssocTransformer, ...
     """
     if isinstance(model, AssocTransformer):
         return "assoc"
@@ -150,19 +151,25 @@ def check_layer(layer: Any, n_layers: int, name: str = "layer") -> int:
         ...
         ValueError: layer 3 >= n_layers 2; expected 0 <= layer < 2
     """
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"{name}={layer!r}; expected an integer layer index")
-    if not 0 <= layer < n_layers:
-        bound = f">= n_layers {n_layers}" if layer >= 0 else "< 0"
-        raise ValueError(f"{name} {layer} {bound}; expected 0 <= {name} < {n_layers}")
-    return layer
+    return _check_index(layer, n_layers, name, "n_layers")
 
 
 def check_head(head: Any, n_heads: int) -> int:
     """``head`` as an int in ``[0, n_heads)``, else a ``ValueError`` naming it."""
-    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n_heads:
-        raise ValueError(f"head {head!r} >= n_heads {n_heads}; expected 0 <= head < {n_heads}")
-    return head
+    return _check_index(head, n_heads, "head", "n_heads")
+
+
+def _check_index(value: Any, size: int, name: str, size_name: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        index = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}={value!r}; expected an integer index") from None
+    if not 0 <= index < size:
+        bound = f">= {size_name} {size}" if index >= 0 else "< 0"
+        raise ValueError(f"{name} {index} {bound}; expected 0 <= {name} < {size}")
+    return index
 
 
 def model_device(model: Model) -> torch.device:

@@ -32,10 +32,10 @@ from tlassoc.memory.ideal import (
     outer_memory,
 )
 from tlassoc.memory.probes import (
-    probe_evaluator,
     FIRST_POSITIONS,
     induction_attention_accuracy,
     previous_token_accuracy,
+    probe_evaluator,
     recall_probes,
     wf_probe,
     wk1_distance_scores,

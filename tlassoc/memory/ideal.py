@@ -27,11 +27,11 @@ adds that much to the pre-softmax score. ``alpha`` and ``beta`` are the logit st
 in-context and global paths (the "stronger" associative-memory transformer of Wang & Sato).
 
 ``equalize`` [ours, default True]: a plain sum of outer products recalls each pair only up to
-cross-talk, and in this model the cross-talk is coherent: in the relative ``W_K^1`` all pairs share the
-output ``r_1`` (``w_E(a)^T Σ_k w_E(k) = 1 + N(0, (V-1)/d)``: at ``d = 128`` about 8 % of the
+cross-talk, and in this model the cross-talk is coherent: in the relative ``W_K^1`` all pairs share
+the output ``r_1`` (``w_E(a)^T Σ_k w_E(k) = 1 + N(0, (V-1)/d)``: at ``d = 128`` about 8 % of the
 tokens look *away* from ``t - 1``); the values read by ``W_O^2`` and the input of ``W_F`` also
-contain the layer outputs, and the induction scores' noise breaks the uniform split over
-``S_a`` that the theory assumes. With ``equalize=True`` the input sides use dual bases
+contain the layer outputs, and the induction scores' noise breaks the uniform split over ``S_a``
+that the theory assumes. With ``equalize=True`` the input sides use dual bases
 (:func:`dual_inputs`): the relative query reads every token with weight exactly 1; ``W_K^2`` reads
 ``w_E`` on the query side and ``W_O^1 W_V^1 w_E`` on the key side, each ignoring the other;
 ``W_O^2`` ignores the copied previous-token part of the value; ``W_F`` ignores the attention
@@ -57,7 +57,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tlassoc.heads.adapter import check_model, head_weights
+from tlassoc.heads.adapter import HeadWeights, check_model, head_weights
 from tlassoc.model import AssocTransformer
 
 __all__ = [
@@ -260,32 +260,72 @@ def ideal_memories(
         ("induction_scale", induction_scale),
     ):
         _positive(name, value)
-    pos_type = cfg.positional_embedding_type
-    if pos_type == "none":
+    _check_positions(cfg)
+    if cfg.has_ffn(0):
+        raise ValueError("the ideal two-layer model has no feed-forward layer in layer 0")
+    root_d = math.sqrt(cfg.d_head)
+    w = head_weights(model)
+    ov0 = w.ov_out(0, 0).float()  # what the previous-token head writes for each token
+    keep = _token_mask(induction_tokens, cfg.d_vocab)
+    # tlassoc's W_K and W_O are the transposes of the papers' matrices
+    out = {
+        "blocks.0.attn.W_K": _previous_token_memory(
+            w, cfg, train_len, prev_scale * root_d, equalize
+        ),
+        "blocks.1.attn.W_K": _induction_memory(
+            w, ov0, keep, induction_scale * root_d, equalize, first_token_guard
+        ),
+    }
+    # copy (layer 1 W_O): value W_V^2 w_E(k) -> w_U(k)
+    W_V1 = w.W_V[1, 0].float()
+    ignore = ov0 @ W_V1 if equalize else None
+    paper = outer_memory(w.W_U.float().T, w.W_E.float() @ W_V1, alpha, ignore=ignore)
+    out["blocks.1.attn.W_O"] = paper.T[None].contiguous()
+    out.update(_feed_forward_memory(w, cfg, ov0, bigram, beta, equalize))
+    return out
+
+
+def _check_positions(cfg: Any) -> None:
+    if cfg.positional_embedding_type == "none":
         raise ValueError(
             "positional_embedding_type='none'; ideal_memories expected 'standard' or "
             "'relative' (two layers); use build_ideal_nope on a three-layer model"
         )
-    if pos_type == "relative" and (cfg.relative_form != "vector" or not cfg.has_relative(0)):
+    if cfg.positional_embedding_type == "relative" and (
+        cfg.relative_form != "vector" or not cfg.has_relative(0)
+    ):
         raise ValueError(
             "ideal relative memories need relative vectors in layer 0 (relative_form='vector', "
             f"relative_layers containing 0), got relative_form={cfg.relative_form!r}, "
             f"relative_layers={cfg.relative_layers}"
         )
-    root_d = math.sqrt(cfg.d_head)
-    w = head_weights(model)
-    W_E, W_U = w.W_E.float(), w.W_U.float()
-    out: dict[str, Tensor] = {}
 
-    # previous-token head (layer 0); tlassoc W_K = (papers' W)^T
-    if pos_type == "standard":
+
+def _token_mask(tokens: Tensor | list[int] | None, d_vocab: int) -> Tensor:
+    if tokens is None:
+        return torch.ones(d_vocab, dtype=torch.bool)
+    idx = torch.as_tensor(tokens, dtype=torch.long).flatten()
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= d_vocab:
+        raise ValueError(f"induction_tokens={idx.tolist()}; expected token ids in [0, {d_vocab})")
+    keep = torch.zeros(d_vocab, dtype=torch.bool)
+    keep[idx] = True
+    return keep
+
+
+def _previous_token_memory(
+    w: HeadWeights, cfg: Any, train_len: int | None, scale: float, equalize: bool
+) -> Tensor:
+    """Layer 0's ``W_K`` (tlassoc shape ``[1, d, d]``): positions ``p_t -> p_{t-1}`` below
+    ``train_len`` (``standard``) or every token to distance 1 (``relative``)."""
+    W_E = w.W_E.float()
+    if cfg.positional_embedding_type == "standard":
         T = cfg.n_ctx if train_len is None else int(train_len)
         if not 2 <= T <= cfg.n_ctx:
             raise ValueError(
                 f"train_len {train_len!r}; expected 2 <= train_len <= n_ctx {cfg.n_ctx}"
             )
         P = w.W_pos.float()
-        paper = outer_memory(P[1:T], P[: T - 1], prev_scale * root_d)
+        paper = outer_memory(P[1:T], P[: T - 1], scale)
     else:
         if train_len is not None:
             int(train_len)  # accepted and ignored: relative memories do not depend on it
@@ -301,74 +341,68 @@ def ideal_memories(
                     "pass equalize=False"
                 )
             query = dual_basis(W_E).sum(0)  # w_E(k) . query = 1 for every token
-            paper = prev_scale * root_d * torch.outer(query, r1) / r1.pow(2).sum()
+            paper = scale * torch.outer(query, r1) / r1.pow(2).sum()
         else:
-            paper = outer_memory(W_E, r1.expand_as(W_E), prev_scale * root_d)
-    out["blocks.0.attn.W_K"] = paper.T[None].contiguous()
+            paper = outer_memory(W_E, r1.expand_as(W_E), scale)
+    return paper.T[None].contiguous()
 
-    # induction head (layer 1): query w_E(k), key W_O^1 W_V^1 w_E(k) (row form w_E W_V W_O)
-    ov0 = w.ov_out(0, 0).float()
-    if induction_tokens is not None:
-        idx = torch.as_tensor(induction_tokens, dtype=torch.long).flatten()
-        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= cfg.d_vocab:
-            raise ValueError(
-                f"induction_tokens {idx.tolist()} must be token ids in [0, {cfg.d_vocab})"
-            )
-        keep = torch.zeros(cfg.d_vocab, dtype=torch.bool)
-        keep[idx] = True
-    else:
-        keep = torch.ones(cfg.d_vocab, dtype=torch.bool)
+
+def _induction_memory(
+    w: HeadWeights, ov0: Tensor, keep: Tensor, scale: float, equalize: bool, guard: float
+) -> Tensor:
+    """Layer 1's ``W_K``: query ``w_E(k)``, key ``W_O^1 W_V^1 w_E(k)`` (row form ``ov0[k]``)."""
+    W_E = w.W_E.float()
     if equalize:
         # exact readouts: query side reads w_E(k) and ignores the layer-0 outputs, key side reads
-        # W_O^1 W_V^1 w_E(k) and ignores the token embeddings (absolute positions remain cross-talk)
+        # W_O^1 W_V^1 w_E(k) and ignores the token embeddings (absolute positions remain
+        # cross-talk)
         q_dual = dual_inputs(W_E, ov0)
         k_dual = dual_inputs(ov0, W_E)
-        paper = induction_scale * root_d * q_dual[keep].T @ k_dual[keep]
+        paper = scale * q_dual[keep].T @ k_dual[keep]
     else:
-        paper = outer_memory(W_E[keep], ov0[keep], induction_scale * root_d)
-    if first_token_guard:
-        paper = paper - outer_memory(W_E, W_E, first_token_guard * induction_scale * root_d)
-    out["blocks.1.attn.W_K"] = paper.T[None].contiguous()
+        paper = outer_memory(W_E[keep], ov0[keep], scale)
+    if guard:
+        paper = paper - outer_memory(W_E, W_E, guard * scale)
+    return paper.T[None].contiguous()
 
-    # copy (layer 1 W_O): value W_V^2 w_E(k) -> w_U(k)
-    W_V1 = w.W_V[1, 0].float()
-    val = W_E @ W_V1  # [vocab, d_head]
-    paper = outer_memory(W_U.T, val, alpha, ignore=ov0 @ W_V1 if equalize else None)
-    out["blocks.1.attn.W_O"] = paper.T[None].contiguous()
 
-    # feed-forward bigram memory
-    if cfg.has_ffn(1):
-        if cfg.ffn_type != "linear" or cfg.d_mlp < cfg.d_model:
-            raise ValueError(
-                f"the ideal feed-forward memory needs a linear FFN with d_mlp >= d_model, got "
-                f"ffn_type={cfg.ffn_type!r}, d_mlp={cfg.d_mlp}"
-            )
-        W_in = torch.zeros(cfg.d_model, cfg.d_mlp)
-        W_in[:, : cfg.d_model] = torch.eye(cfg.d_model)
-        W_out = torch.zeros(cfg.d_mlp, cfg.d_model)
+def _feed_forward_memory(
+    w: HeadWeights, cfg: Any, ov0: Tensor, bigram: Any, beta: float, equalize: bool
+) -> dict[str, Tensor]:
+    """Layer 1's linear feed-forward block storing the bigrams ``w_E(i) -> β_ij w_U(j)``."""
+    if not cfg.has_ffn(1):
         if bigram is not None:
-            mat = _bigram_matrix(bigram, cfg.d_vocab).to(W_E)
-            i, j = torch.nonzero(mat, as_tuple=True)
-            if equalize:  # read w_E(i) only, not the attention outputs (ov0 and w_U directions)
-                dual = outer_memory(
-                    torch.eye(cfg.d_vocab), W_E, 1.0, ignore=torch.cat([ov0, W_U.T], 0)
-                )  # [vocab, d_model]
-                paper = W_U @ (beta * mat.T / W_U.pow(2).sum(0)[:, None]) @ dual
-            else:
-                paper = outer_memory(W_U.T[j], W_E[i], beta * mat[i, j])
-            W_out[: cfg.d_model] = paper.T
-        out["blocks.1.mlp.W_in"] = W_in
-        out["blocks.1.mlp.b_in"] = torch.zeros(cfg.d_mlp)
-        out["blocks.1.mlp.W_out"] = W_out
-        out["blocks.1.mlp.b_out"] = torch.zeros(cfg.d_model)
-    elif bigram is not None:
+            raise ValueError(
+                "bigram given but the model has no feed-forward layer in layer 1; build it with "
+                "ffn_type='linear' (and ffn_layers=(1,))"
+            )
+        return {}
+    if cfg.ffn_type != "linear" or cfg.d_mlp < cfg.d_model:
         raise ValueError(
-            "bigram given but the model has no feed-forward layer in layer 1; build it with "
-            "ffn_type='linear' (and ffn_layers=(1,))"
+            f"the ideal feed-forward memory needs a linear FFN with d_mlp >= d_model, got "
+            f"ffn_type={cfg.ffn_type!r}, d_mlp={cfg.d_mlp}"
         )
-    if cfg.has_ffn(0):
-        raise ValueError("the ideal two-layer model has no feed-forward layer in layer 0")
-    return out
+    W_E, W_U = w.W_E.float(), w.W_U.float()
+    W_in = torch.zeros(cfg.d_model, cfg.d_mlp)
+    W_in[:, : cfg.d_model] = torch.eye(cfg.d_model)
+    W_out = torch.zeros(cfg.d_mlp, cfg.d_model)
+    if bigram is not None:
+        mat = _bigram_matrix(bigram, cfg.d_vocab).to(W_E)
+        i, j = torch.nonzero(mat, as_tuple=True)
+        if equalize:  # read w_E(i) only, not the attention outputs (ov0 and w_U directions)
+            dual = outer_memory(
+                torch.eye(cfg.d_vocab), W_E, 1.0, ignore=torch.cat([ov0, W_U.T], 0)
+            )  # [vocab, d_model]
+            paper = W_U @ (beta * mat.T / W_U.pow(2).sum(0)[:, None]) @ dual
+        else:
+            paper = outer_memory(W_U.T[j], W_E[i], beta * mat[i, j])
+        W_out[: cfg.d_model] = paper.T
+    return {
+        "blocks.1.mlp.W_in": W_in,
+        "blocks.1.mlp.b_in": torch.zeros(cfg.d_mlp),
+        "blocks.1.mlp.W_out": W_out,
+        "blocks.1.mlp.b_out": torch.zeros(cfg.d_model),
+    }
 
 
 def _load(model: AssocTransformer, tensors: dict[str, Tensor]) -> None:
@@ -416,7 +450,8 @@ def ideal_model(
         **kwargs: passed to :func:`ideal_memories` (``bigram``, ``train_len``, ``alpha``…).
 
     Example:
-        >>> ideal_model("standard", d_model=32, n_ctx=32, train_len=16).cfg.positional_embedding_type
+        >>> model = ideal_model("standard", d_model=32, n_ctx=32, train_len=16)
+        >>> model.cfg.positional_embedding_type
         'standard'
     """
     from tlassoc import presets

@@ -110,8 +110,9 @@ def basis(
         model: any of the three model kinds (or its ``HeadWeights``; token labels are then
             the ids).
         kind: ``"tokens"`` (``w_E(k)``), ``"positions"`` (``p_t``, ``standard`` positions),
-            ``"relative"`` (``r_j``, ``relative`` positions, vector form), ``"unembed"`` (``w_U(k)``, the columns of ``W_U``), ``"ov"``
-            (``W_O W_V w_E(k)``: what ``layer``'s head writes when it attends to token ``k``),
+            ``"relative"`` (``r_j``, ``relative`` positions, vector form), ``"unembed"``
+            (``w_U(k)``, the columns of ``W_U``), ``"ov"`` (``W_O W_V w_E(k)``: what
+            ``layer``'s head writes when it attends to token ``k``),
             ``"value"`` (``W_V w_E(k)``, ``d_head`` vectors: the input side of ``W_O``).
         layer: the layer for ``"ov"``/``"value"``.
         head: the head for ``"ov"``/``"value"``.
@@ -193,9 +194,7 @@ def _term(w: HeadWeights, term: str, head: int) -> Tensor:
         raise ValueError(f"W_F{layer}: {err}") from None
 
 
-def circuit(
-    model: Model | HeadWeights, expr: str, head: int = 0
-) -> Float[Tensor, "d_out d_in"]:
+def circuit(model: Model | HeadWeights, expr: str, head: int = 0) -> Float[Tensor, "d_out d_in"]:
     """A product of weight matrices in the papers' column convention.
 
     Args:
@@ -328,7 +327,7 @@ def memory_table(
         in_basis: basis of the input side (key side).
         expected: the pairs the memory should store: ``"identity"`` (output ``i`` for input
             ``i``), ``"shift:k"`` (output ``t`` for input ``t - k``, e.g. ``"shift:1"`` for the
-            APE previous-token head), a boolean ``[n_out, n_in]`` mask, a list of
+            previous-token head on absolute positions), a boolean ``[n_out, n_in]`` mask, a list of
             ``(output, input)`` index pairs, or ``None`` (each input's top output).
         per: ``"input"``: recall = fraction of inputs whose top output is expected (``W_O``,
             ``W_F``); ``"output"``: fraction of outputs (queries) whose top input is expected
@@ -358,13 +357,15 @@ def memory_table(
             raise ValueError(f"matrix has shape {tuple(matrix.shape)}; expected [d_out, d_in]")
         matrix = matrix.detach().float().cpu()
     else:
-        raise ValueError(f"matrix must be a circuit expression or a tensor, got {type(matrix)}")
+        raise ValueError(
+            f"matrix=<{type(matrix).__name__}>; expected a circuit expression or a tensor"
+        )
     for side, b, size in (
         ("output", out_basis, matrix.shape[0]),
         ("input", in_basis, matrix.shape[1]),
     ):
         if not isinstance(b, Basis):
-            raise ValueError(f"{side} basis must be a Basis, got {type(b).__name__}")
+            raise ValueError(f"{side}_basis=<{type(b).__name__}>; expected a Basis")
         if b.dim != size:
             raise ValueError(
                 f"{side} basis {b.name!r} has vectors of size {b.dim}, but the matrix's {side} "

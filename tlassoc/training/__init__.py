@@ -22,6 +22,7 @@ Example:
 
 from tlassoc.config.train import TrainConfig
 from tlassoc.training.checkpoint import (
+    DivergenceError,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -42,6 +43,7 @@ from tlassoc.training.onestep import ONE_STEP_ORDER, OneStepResult, one_step_tra
 __all__ = [
     "METRICS_FILE",
     "ONE_STEP_ORDER",
+    "DivergenceError",
     "Evaluator",
     "OneStepResult",
     "TrainConfig",

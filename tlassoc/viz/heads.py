@@ -16,11 +16,28 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["plot_head_scores", "plot_model_comparison", "plot_patching"]
+__all__ = ["plot_head_scores", "plot_model_comparison", "plot_patching", "text_color"]
+
+
+def text_color(rgba: Sequence[float]) -> str:
+    """``"black"`` or ``"white"``: the text colour that reads better on background ``rgba``
+    (relative luminance, WCAG's formula, against the 0.179 crossover where both contrast ratios
+    are equal).
+
+    Example:
+        >>> text_color((0.4, 0.0, 0.12, 1.0)), text_color((0.97, 0.97, 0.97, 1.0))
+        ('white', 'black')
+    """
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if luminance > 0.179 else "white"
 
 
 def _figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
-
     if ax is not None:
         return ax.figure, ax
     import matplotlib.pyplot as plt
@@ -38,6 +55,7 @@ def plot_head_scores(
     vmin: float | None = None,
     vmax: float | None = None,
     annotate: bool | None = None,
+    colorbar_label: str = "score",
 ) -> Any:
     """Heatmap of a ``[n_layers, n_heads]`` score tensor (layers down, heads across).
 
@@ -47,7 +65,9 @@ def plot_head_scores(
         ax: Axes to draw on (default: a new figure).
         cmap: Colormap.
         vmin, vmax: Colour limits.
-        annotate: Write the values in the cells (default when there are at most 64 cells).
+        annotate: Write the values in the cells (default when there are at most 64 cells), in
+            black or white, whichever reads better on the cell's colour (:func:`text_color`).
+        colorbar_label: Label of the colour bar.
 
     Returns:
         The matplotlib figure.
@@ -66,16 +86,19 @@ def plot_head_scores(
     if annotate if annotate is not None else L * H <= 64:
         for i in range(L):
             for j in range(H):
+                value = float(values[i, j])
+                if value != value:  # NaN: an empty cell
+                    continue
                 ax.text(
                     j,
                     i,
-                    f"{values[i, j]:.2f}",
+                    f"{value:.2f}",
                     ha="center",
                     va="center",
                     fontsize=8,
-                    color="white" if values[i, j] < values.nanmean() else "black",
+                    color=text_color(im.cmap(im.norm(value))),
                 )
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=colorbar_label)
     return fig
 
 
@@ -91,7 +114,15 @@ def plot_patching(result: Any, *, title: str | None = None, ax: Any = None) -> A
     effect = result.normalized.detach().float().cpu()
     name = title if title is not None else f"{result.direction} {result.act}: normalised effect"
     if effect.ndim == 2:
-        fig = plot_head_scores(effect, title=name, ax=ax, cmap="RdBu_r", vmin=-1, vmax=1)
+        fig = plot_head_scores(
+            effect,
+            title=name,
+            ax=ax,
+            cmap="RdBu_r",
+            vmin=-1,
+            vmax=1,
+            colorbar_label="normalised effect",
+        )
         ax_ = fig.axes[0] if ax is None else ax
         if result.axis_names[:2] != ["layer", "head"]:
             ax_.set_ylabel(result.axis_names[0])
@@ -110,7 +141,7 @@ def plot_patching(result: Any, *, title: str | None = None, ax: Any = None) -> A
     ax.set_xlabel("position")
     ax.set_ylabel("head")
     ax.set_title(name)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label="normalised effect")
     return fig
 
 

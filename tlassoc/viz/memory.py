@@ -55,7 +55,7 @@ def plot_memory_heatmap(
         The axes.
     """
     if not isinstance(table, MemoryTable):
-        raise ValueError(f"plot_memory_heatmap needs a MemoryTable, got {type(table).__name__}")
+        raise ValueError(f"table=<{type(table).__name__}>; expected a MemoryTable")
     ax = _axes(ax, (6, 5))
     scores = table.scores.numpy()
     lim = float(abs(scores).max()) or 1.0
@@ -71,7 +71,7 @@ def plot_memory_heatmap(
     ax.set_xlabel(f"input ({table.in_basis.name})")
     ax.set_ylabel(f"output ({table.out_basis.name})")
     ax.set_title(f"{table.name}: S/X {table.signal_to_crosstalk:.1f}, recall {table.recall:.2f}")
-    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="score  v_jᵀ W u_i")
     return ax
 
 
@@ -82,7 +82,7 @@ def plot_ranked_pairs(table: MemoryTable, ax: Any = None, top: int = 15) -> Any:
         The axes.
     """
     if not isinstance(table, MemoryTable):
-        raise ValueError(f"plot_ranked_pairs needs a MemoryTable, got {type(table).__name__}")
+        raise ValueError(f"table=<{type(table).__name__}>; expected a MemoryTable")
     ax = _axes(ax, (5, 0.3 * top + 1))
     pairs = table.pairs.head(top).iloc[::-1]
     labels = [f"{i} → {o}" for i, o in zip(pairs["input"], pairs["output"], strict=True)]
@@ -90,6 +90,7 @@ def plot_ranked_pairs(table: MemoryTable, ax: Any = None, top: int = 15) -> Any:
     ax.barh(range(len(pairs)), pairs["strength"], color=colors)
     ax.set_yticks(range(len(pairs)), labels, fontsize=8)
     ax.set_xlabel("strength  v_jᵀ W u_i")
+    ax.set_ylabel("stored pair (input → output)")
     ax.set_title(f"{table.name}: top pairs")
     return ax
 

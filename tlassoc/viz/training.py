@@ -20,7 +20,31 @@ from typing import Any
 
 from tlassoc._io import atomic_write_bytes
 
-PROBE_KEYS = ("probe_wo2", "probe_wk2", "probe_wk1", "acc_ge2", "prev_token_acc")
+PROBE_KEYS = ("probe_wo2", "probe_wk2", "probe_wk1", "probe_wf", "acc_ge2", "prev_token_acc")
+
+#: Legend labels of the logged quantities, in the papers' notation (superscript = layer).
+LABELS = {
+    "probe_wo2": "W_O² recall",
+    "probe_wk2": "W_K² recall",
+    "probe_wk1": "W_K¹ recall",
+    "probe_wk1_first64": "W_K¹ recall (first 64 positions)",
+    "probe_wk1_all": "W_K¹ recall (all positions)",
+    "probe_wf": "W_F recall",
+    "acc_ge2": "in-context acc",
+    "acc_global": "global-bigram acc",
+    "prev_token_acc": "previous-token attention acc",
+    "induction_attn_acc": "induction attention acc",
+}
+
+
+def label(key: str) -> str:
+    """The legend label of a logged quantity (``key`` itself when it has none).
+
+    Example:
+        >>> label("probe_wk1"), label("loss")
+        ('W_K¹ recall', 'loss')
+    """
+    return LABELS.get(key, key)
 
 
 def _plt() -> Any:
@@ -75,14 +99,14 @@ def plot_per_position(
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for name, values in curves.items():
-        ax.plot(range(len(values)), _smooth(values, smooth), label=name, lw=1.2)
+        ax.plot(range(len(values)), _smooth(values, smooth), label=name, lw=1.2, clip_on=False)
     if train_len is not None:
         ax.axvline(train_len, color="gray", ls="--", lw=1, label=f"T_train = {train_len}")
     ax.set_xlabel("position t")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(0, 1)  # accuracies: a fixed scale, never auto-zoomed onto a flat line
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
     try:
         return _save(fig, path)
     finally:
@@ -99,24 +123,31 @@ def plot_probes_over_training(
     Args:
         histories: Model name -> the ``history`` records of :func:`tlassoc.train.train`.
         path: PNG file to write.
-        keys: Record keys to draw (missing ones are skipped).
+        keys: Record keys to draw (missing ones are skipped); the legend names them in the
+            papers' notation (:data:`LABELS`).
     """
     plt = _plt()
     n = max(1, len(histories))
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 2.2, 3.6), squeeze=False, sharey=True)
     for ax, (name, hist) in zip(axes[0], histories.items(), strict=False):
         steps = [r["step"] for r in hist]
         for key in keys:
             if any(key in r for r in hist):
-                ax.plot(steps, [r.get(key, float("nan")) for r in hist], label=key, marker=".")
+                values = [r.get(key, float("nan")) for r in hist]
+                ax.plot(steps, values, label=label(key), marker=".", ms=3, clip_on=False)
         ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1)  # recalls and accuracies: a fixed scale
+    axes[0][0].set_ylabel("recall / accuracy")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for all panels, outside them so that it covers no curve
+        axes[0][-1].legend(
+            handles, names, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0
+        )
     try:
         return _save(fig, path)
     finally:
         plt.close(fig)
 
 
-__all__ = ["plot_per_position", "plot_probes_over_training"]
+__all__ = ["LABELS", "PROBE_KEYS", "label", "plot_per_position", "plot_probes_over_training"]

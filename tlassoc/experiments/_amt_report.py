@@ -1,0 +1,131 @@
+"""The report of the stronger-AMT experiment: verdicts, tables, figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tlassoc.experiments import _kit
+from tlassoc.experiments._plots import pyplot, save_png
+from tlassoc.experiments.framework import Report, Result, claims_table, mean_interval
+
+NAMES = {
+    "unweighted": "unweighted AMT c·(share + π_b)",
+    "scalar": "α·share + β·π_b",
+    "weighted": "stronger AMT α·share + β_aj",
+    "from_weights": "theory read off the weights (no fit)",
+}
+
+
+def _tables(result: Result) -> list[str]:
+    lines: list[str] = []
+    for enc in result.config["encodings"]:
+        rows = [
+            ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
+            ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+            ("prompts fitted / held out: fitted", f"{enc}.n_fit"),
+            ("prompts fitted / held out: held out", f"{enc}.n_test"),
+        ]
+        for form, text in NAMES.items():
+            rows.append((f"R² logits, {text}", f"{enc}.{form}.r2_logits"))
+            rows.append((f"R² contrast, {text}", f"{enc}.{form}.r2_contrast"))
+        rows += [
+            ("gain of the weighting, R² logits", f"{enc}.gain_logits"),
+            ("gain of the weighting, R² contrast", f"{enc}.gain_contrast"),
+            ("unweighted scale c", f"{enc}.unweighted.scale"),
+            ("scalar fit: α", f"{enc}.scalar.alpha"),
+            ("scalar fit: β", f"{enc}.scalar.beta"),
+            ("weighted fit: α", f"{enc}.weighted.alpha"),
+            ("weighted fit: corr(β_aj, π_b(j|a))", f"{enc}.weighted.corr_bigram"),
+            ("weighted fit: corr(β_aj, log π_b(j|a))", f"{enc}.weighted.corr_log_bigram"),
+            ("training seconds", f"{enc}.train_seconds"),
+        ]
+        lines += [f"## {_kit.label(enc)}", ""] + _kit.seed_table(result, rows) + [""]
+    return lines
+
+
+def _r2_figure(result: Result, path: Any) -> None:
+    plt = pyplot()
+    encs = result.config["encodings"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(encs))
+    for ax, key, title in (
+        (axes[0], "r2_logits", "all centred logits"),
+        (axes[1], "r2_contrast", "contrast logit(b1) − logit(y)"),
+    ):
+        for i, enc in enumerate(encs):
+            means, errs = [], []
+            for form in NAMES:
+                vals = [r[enc][form][key] for r in result.per_seed if r[enc][form][key] is not None]
+                m, _, hi = mean_interval(vals)
+                means.append(max(m, -1.0) if m == m else 0.0)
+                errs.append(0.0 if hi != hi else hi - m)
+            xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(len(NAMES))]
+            ax.bar(xs, means, width, yerr=errs, capsize=3, label=_kit.label(enc))
+        ticks = ["c(share+π_b)", "α share+β π_b", "α share+β_aj", "ξ from weights"]
+        ax.set_xticks(range(len(NAMES)), ticks, fontsize=8)
+        ax.set_ylabel("held-out R²")
+        ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_title(f"Variance explained: {title}")
+        ax.legend(fontsize=8)
+    save_png(fig, path)
+
+
+def _fit_figure(result: Result, path: Any) -> None:
+    import torch
+
+    from tlassoc.data import BigramModel
+
+    plt = pyplot()
+    enc, seed = result.config["encodings"][0], result.seeds[0]
+    extra = result.artifacts["fits"][f"{enc}-seed{seed}"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
+    ax = axes[0]
+    y = extra["contrast_model"]
+    for form, marker in (("unweighted", "x"), ("weighted", "o")):
+        ax.scatter(extra[f"contrast_{form}"], y, s=10, alpha=0.6, marker=marker,
+                   label=NAMES[form])  # fmt: skip
+    lo, hi = min(y), max(y)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("fitted: ξ(b1) − ξ(y)")
+    ax.set_ylabel("model: logit(b1) − logit(y)")
+    ax.set_title(f"{_kit.label(enc)} seed {seed}: held-out contrasts")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    p = BigramModel.tiny_shakespeare().conditional[extra["beta_rows"]]
+    seen = p > 0
+    ax.scatter(torch.log(p[seen]), extra["beta"][seen].float(), s=6, alpha=0.5)
+    ax.set_xlabel("log π_b(j | a)  (global bigram, pairs seen in the corpus)")
+    ax.set_ylabel("fitted β_aj (centred logit)")
+    ax.set_title("What the bigram term of the fit stores")
+    save_png(fig, path)
+
+
+def build_report(experiment: Any, result: Result) -> Report:
+    """Markdown (verdicts, claims, tables), figures."""
+    outcomes = experiment.evaluate_claims(result)
+    figures: dict[str, Any] = {"r2.png": lambda p: _r2_figure(result, p)}
+    if result.artifacts.get("fits"):
+        figures["fit.png"] = lambda p: _fit_figure(result, p)
+    c = result.config
+    pool = result.per_seed[0].get("scored_queries", [])
+    lines = [
+        "# The stronger associative-memory transformer fitted to a trained model",
+        "",
+        _kit.setting_line(
+            result,
+            f"Designed prompts inside T_train ({c['n_prompts']} drawn per model, length "
+            f"{c['prompt_len']}; kept: the {len(pool)} queries that are triggers in at least "
+            f"{c['min_trigger_rate']:g} of the training sequences); least-squares fits on "
+            f"{1 - c['test_fraction']:g} of them, R² on the rest.",
+        ),
+        "",
+    ]
+    lines += _kit.verdict_lines(outcomes)
+    lines += ["## Claims", "", claims_table(outcomes), ""]
+    lines += _tables(result)
+    lines += _kit.figure_list(figures)
+    return Report("\n".join(lines), figures)
+
+
+__all__ = ["build_report"]
