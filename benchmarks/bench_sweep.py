@@ -1,17 +1,19 @@
 """Sweep benchmark: 4 trials through an embedded Ray on 2 cores vs one after another in one process.
 
-The trials are the length-generalisation experiment's quick setting (both encodings, d_model 32,
-batch 32, T_train 128) with ``--steps`` training steps, one trial per seed (``seeds=0,1,2,3``).
+The trials are the length-generalisation experiment's quick setting (both encodings) with
+``--steps`` training steps (default 1000: trials of tens of seconds, as a real sweep's are; trials
+of a few seconds do not pay for the workers' start, each of which imports torch and
+TransformerLens), one trial per seed (``seeds=0,1,2,3``).
 
 * ``one process``: ``experiment.measure`` of each trial's configuration in turn, in this
-  process, on ``--threads`` torch threads (default: every core Ray is given, the natural
-  setting for one process);
+  process, on ``--threads`` torch threads (default 1: with torch's default of 2 threads on the
+  2-core development machine, while other jobs ran, the same trials took 3 to 20 times longer);
 * ``sweep``: :func:`tlassoc.sweep.run_trials` on an embedded Ray with ``--cpus`` CPUs, one CPU
   and one torch thread per trial. Its time includes the workers' imports of torch and tlassoc;
   Ray's start-up (``ray.init``) is timed and reported separately.
 
-Both runs produce the same per-seed numbers (checked here; wall times aside). Target: sweep /
-one process <= 0.65.
+With one thread in one process, both runs produce the same per-seed numbers (checked here; wall
+times aside). Target: sweep / one process <= 0.65.
 
 Run: ``python benchmarks/bench_sweep.py [--steps N] [--cpus N] [--threads N]``; exits 1 if the
 target is missed.
@@ -45,11 +47,11 @@ def _numbers(x):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="training steps per trial")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per trial")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads, one process")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, one process")
     args = parser.parse_args()
-    threads = args.threads or args.cpus
+    threads = args.threads
     exp = get("length_generalization")
     base = exp.quick_config().override({"train.steps": args.steps, "seeds": (0, 1, 2, 3)})
     configs = split_seeds(base)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -59,9 +58,9 @@ def _writable_dir(path: str) -> Path:
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tlassoc-write-test")
-        os.close(fd)
-        os.unlink(probe)
+        # an unnamed file where the OS allows (O_TMPFILE): a kill here leaves nothing behind
+        with tempfile.TemporaryFile(dir=folder, prefix=".tlassoc-write-test", suffix=".tmp"):
+            pass
     except OSError as err:
         raise CLIError(f"output folder {path!r} is not writable: {err.strerror or err}") from None
     return folder
@@ -153,13 +152,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("experiment", nargs="?", help="experiment name (default: length_generalization)")
     _run_options(r)
     r.add_argument("--quick", action="store_true", help="the experiment's small setting")
+    r.add_argument(
+        "--all",
+        action="store_true",
+        help="run every experiment into OUT/<name>/ and write an index OUT/report.md",
+    )
     sw = _sweep_parsers(sub, argv)
     command, name = _command_and_name(argv)
     if command == "train" and name:
         from tlassoc import recipes
 
         _add_config_flags(t, recipes.get(name))
-    elif command == "reproduce":
+    elif command == "reproduce" and "--all" not in argv:
         from tlassoc import experiments
 
         exp = experiments.get(name or experiments.DEFAULT)
@@ -170,6 +174,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         exp = experiments.get(name)
         _add_config_flags(sw, exp.quick_config() if "--quick" in argv else exp.default_config())
     return parser
+
+
+#: Options that take no value (the pre-scan for the recipe or experiment name skips them alone).
+_FLAGS_WITHOUT_VALUE = (
+    "--quick",
+    "--all",
+    "--resume",
+    "--overwrite",
+    "--accept-changes",
+    "--no-progress",
+    "-h",
+    "--help",
+)
 
 
 def _command_and_name(argv: list[str]) -> tuple[str | None, str | None]:
@@ -183,8 +200,7 @@ def _command_and_name(argv: list[str]) -> tuple[str | None, str | None]:
     while i < len(rest):
         a = rest[i]
         if a.startswith("-"):
-            flags = ("--quick", "--resume", "--overwrite", "--accept-changes", "--no-progress")
-            takes_value = a not in (*flags, "-h", "--help")
+            takes_value = a not in _FLAGS_WITHOUT_VALUE
             i += 2 if takes_value and "=" not in a else 1
             continue
         return command, a
@@ -247,7 +263,11 @@ def _prepare_train_folder(args: argparse.Namespace, run: Any, out: Path) -> None
     from tlassoc.training.checkpoint import clear_run, resume_differences
 
     path = out / "run.json"
-    entries = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE, LOCK_INFO_FILE))
+    entries = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in (LOCK_FILE, LOCK_INFO_FILE) and not _temporary(p.name)
+    )
     if args.overwrite:
         clear_run(out, names=("run.json",))
     elif entries and not args.resume:
@@ -268,6 +288,11 @@ def _prepare_train_folder(args: argparse.Namespace, run: Any, out: Path) -> None
     record = {"recipe": args.recipe, "config": run.to_dict()}
     if saved != record:
         atomic_write_json(path, record)
+
+
+def _temporary(name: str) -> bool:
+    """A temporary file of an atomic write (removed by the next run that holds the lock)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _read_run_json(path: Path) -> dict[str, Any] | None:
@@ -325,10 +350,40 @@ def _one_line_warnings() -> Iterator[None]:
         yield
 
 
+def _reproduce_all(args: argparse.Namespace) -> int:
+    from tlassoc import experiments
+    from tlassoc.experiments.framework import write, write_index
+
+    if args.experiment or getattr(args, "settings", None):
+        raise CLIError(
+            "--all runs every experiment with its own settings; expected no name or --set"
+        )
+    out = _writable_dir(args.out)
+    entries = []
+    for name in experiments.names():
+        exp = experiments.get(name)
+        config = exp.quick_config() if args.quick else exp.default_config()
+        print(f"== {name}", flush=True)
+        try:
+            result = exp.measure(config, progress=not args.no_progress)
+        except Exception as err:  # noqa: BLE001 - one failing experiment must not stop the rest
+            entries.append((name, exp.description, None, f"{type(err).__name__}: {err}"))
+            print(f"{name}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
+        write(exp, result, out / name)
+        entries.append((name, exp.description, result, ""))
+    index = write_index(out, entries)
+    failed = [e[0] for e in entries if e[2] is None]
+    print(f"index: {index}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from tlassoc import experiments
     from tlassoc.experiments.framework import write
 
+    if args.all:
+        return _reproduce_all(args)
     exp = experiments.get(args.experiment or experiments.DEFAULT)
     config = exp.quick_config() if args.quick else exp.default_config()
     config = _apply(config, getattr(args, "settings", None) or [])

@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tlassoc._io import atomic_write_bytes
+from tlassoc._model_folders import resolve_model_folder
 from tlassoc._tl import ActivationCache, FactoredMatrix, HookedRootModule, HookPoint
 from tlassoc._tl_surface import TLSurface
 from tlassoc.config import AssocConfig
@@ -1064,6 +1065,10 @@ class AssocTransformer(TLSurface, HookedRootModule):
     def load(cls, path: str | os.PathLike[str], device: str | None = None) -> AssocTransformer:
         """Load a checkpoint written by :meth:`save`; pickles and tampered files are refused.
 
+        ``path`` may also be a training run's folder (``train(..., out_dir=path)``: its latest
+        checkpoint is loaded) or an experiment's output folder holding one model under
+        ``models/`` (with several, the error lists them).
+
         Example:
             >>> import tempfile
             >>> model = AssocTransformer(AssocConfig(d_model=16))
@@ -1073,7 +1078,7 @@ class AssocTransformer(TLSurface, HookedRootModule):
         from safetensors import SafetensorError
         from safetensors.torch import load as st_load
 
-        folder = Path(path)
+        folder = resolve_model_folder(path, CheckpointError)
         weights_path, config_path = folder / WEIGHTS_FILE, folder / CONFIG_FILE
         for p in (weights_path, config_path):
             if not p.is_file():
@@ -1110,8 +1115,8 @@ class AssocTransformer(TLSurface, HookedRootModule):
                 f"{weights_path} holds tensors {sorted(set(state) ^ set(expected))[:5]} that do "
                 "not match the config"
             )
-        for name, tensor in state.items():
-            want = expected[name]
+        for name, want in expected.items():  # the model's order: the same error every time
+            tensor = state[name]
             if tensor.shape != want.shape or tensor.dtype != want.dtype:
                 raise CheckpointError(
                     f"{weights_path}: {name} is {tensor.dtype} {tuple(tensor.shape)}; expected "

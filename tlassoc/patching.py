@@ -76,6 +76,12 @@ ACTIVATIONS: dict[str, str] = {
     "pattern": "attn.hook_pattern",
 }
 
+#: A patching metric: ``logits [rows, pos, d_vocab] -> [rows]``, one value per row. The batched
+#: engine calls it on ``B`` patched copies of the ``n`` prompts at once (``rows = B * n``,
+#: copy-major: row ``r`` is prompt ``r % n``). A metric that closes over per-prompt targets of
+#: length ``n`` must tile them to the rows it is given, e.g.
+#: ``targets.repeat(logits.shape[0] // n)``, as :func:`induction_logprob_metric` does; one that
+#: does not gets a ``ValueError`` that says so.
 Metric = Callable[[Tensor], Tensor]
 
 
@@ -286,9 +292,40 @@ def _progress(iterable: Any, total: int, progress: bool, desc: str) -> Any:
 
 
 @torch.no_grad()
-def _evaluate(model: Model, tokens: Tensor, metric: Metric, hooks: list) -> Tensor:
+def _evaluate(
+    model: Model, tokens: Tensor, metric: Metric, hooks: list, n_prompts: int | None = None
+) -> Tensor:
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else model(tokens)
-    return _check_metric(metric(logits), tokens.shape[0])
+    return _call_metric(metric, logits, n_prompts)
+
+
+def _tiling_hint(rows: int, n_prompts: int, what: str) -> str:
+    return (
+        f"metric {what} on logits of {rows // n_prompts} patched copies of the {n_prompts} "
+        f"prompts ({rows} rows; row r is prompt r % {n_prompts}); a metric that closes over "
+        f"per-prompt targets of length {n_prompts} must tile them to the rows it is given, "
+        "e.g. targets.repeat(logits.shape[0] // len(targets)) (see tlassoc.patching.Metric)"
+    )
+
+
+def _call_metric(metric: Metric, logits: Tensor, n_prompts: int | None = None) -> Tensor:
+    """``metric(logits)``, checked: one value per row. ``n_prompts``: the number of distinct
+    prompts when ``logits`` holds tiled copies of them (the error then explains the tiling)."""
+    tiled = n_prompts is not None and logits.shape[0] != n_prompts
+    try:
+        values = metric(logits)
+    except (RuntimeError, IndexError, ValueError) as err:
+        if not tiled:
+            raise
+        assert n_prompts is not None
+        raise ValueError(
+            _tiling_hint(logits.shape[0], n_prompts, f"raised {type(err).__name__}: {err};")
+        ) from err
+    values = torch.as_tensor(values)
+    if tiled and values.ndim == 1 and values.shape[0] == n_prompts:
+        assert n_prompts is not None
+        raise ValueError(_tiling_hint(logits.shape[0], n_prompts, f"returned {n_prompts} values"))
+    return _check_metric(values, logits.shape[0])
 
 
 def _check_metric(values: Any, batch: int) -> Tensor:
@@ -333,7 +370,7 @@ def _run_patches(
             src = source[name]
             rows = (chunk[:, 0] == layer).nonzero()[:, 0]
             hooks.append((name, _make_patch_hook(act, src, chunk[rows], rows, B, n)))
-        values = _evaluate(model, base.repeat(B, 1), metric, hooks)
+        values = _evaluate(model, base.repeat(B, 1), metric, hooks, n_prompts=n)
         out[start:stop] = values.reshape(B, n).mean(1).cpu()
     return out
 
@@ -394,7 +431,7 @@ def _run_output_patches(
             logits = _patch_one_position(model, layer, cache, src, act, chunk, base_logits)
         else:
             logits = _patch_all_positions(model, layer, cache, src, act, chunk)
-        values = _check_metric(metric(logits), len(chunk) * n)
+        values = _call_metric(metric, logits, n_prompts=n)
         out[rows.cpu()] = values.reshape(len(chunk), n).mean(1).cpu()
     return out
 
@@ -525,8 +562,10 @@ def patch_heads(
     Args:
         model: Any of the three model kinds, in eval mode.
         prompts: :class:`InductionPrompts` or a ``(clean, corrupted)`` pair of equal shapes.
-        metric: ``logits [batch, pos, vocab] -> [batch]``; default
-            :func:`induction_logprob_metric` (needs :class:`InductionPrompts`).
+        metric: ``logits [rows, pos, vocab] -> [rows]``; default
+            :func:`induction_logprob_metric` (needs :class:`InductionPrompts`). It is called on
+            tiled copies of the prompts (``rows`` = copies x prompts, row ``r`` is prompt
+            ``r % n_prompts``): per-prompt targets must be tiled (see :data:`Metric`).
         act: Activation to patch.
         per_position: One patch per (layer, position, head) instead of (layer, head).
         direction: ``"denoise"`` or ``"noise"``.
@@ -686,7 +725,7 @@ def path_patch_keys(
             view[idx, :, :, chunk[:, 1].to(k.device)] += add
             return view.reshape(k.shape)
 
-        values = _evaluate(model, base.repeat(B, 1), metric, [(k_name, hook)])
+        values = _evaluate(model, base.repeat(B, 1), metric, [(k_name, hook)], n_prompts=n)
         flat[start:stop] = values.reshape(B, n).mean(1).cpu()
     clean_value, corrupted_value = _clean_corrupted(model, prompts, metric)
     values = flat.reshape(Hs, Hr)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GPT2_INDUCTION_HEADS",
     "GPT2_PREVIOUS_TOKEN_HEADS",
+    "PICKLED_REPO_OWNERS",
     "HubUnavailableError",
     "compare_induction_heads",
     "gpt2_like",
@@ -178,15 +179,77 @@ def _cache_location(cache_dir: str | os.PathLike[str] | None) -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def _offline_vars() -> list[str]:
+    return [
+        v
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if os.environ.get(v, "").strip().lower() in _TRUE
+    ]
+
+
 def _unavailable(name: str, repo: str, cache_dir: Any, reason: str) -> HubUnavailableError:
+    """The offline error: what is missing and the ways to get the model (the advice to unset
+    the offline switches only when one is set)."""
+    set_vars = _offline_vars()
+    unset = f"; or unset {' and '.join(set_vars)} where the hub is reachable" if set_vars else ""
     return HubUnavailableError(
         f"cannot load {name!r} ({repo}): {reason}, and it is not in the local Hugging Face cache "
-        f"({_cache_location(cache_dir)}). Run once with network access to fill the cache, e.g. "
+        f"({_cache_location(cache_dir)}). Ways to get it: pass the folder of its downloaded "
+        "Hugging Face files (config.json, *.safetensors and the tokenizer files, e.g. copied "
+        f"from a machine with network access) as the name: load_model('/path/to/{name}'); or "
+        "run once with network access to fill the cache, e.g. "
         f"`python -c \"import tlassoc.pretrained as p; p.load_model('{name}')\"` (set HF_HOME to "
-        "choose where the cache lives), then work offline with HF_HUB_OFFLINE=1; or unset "
-        "HF_HUB_OFFLINE (HF_HUB_OFFLINE=0) where the hub is reachable. Offline, "
-        "tlassoc.pretrained.gpt2_like() builds a small GPT-2-architecture model locally."
+        f"choose where the cache lives), then work offline with HF_HUB_OFFLINE=1{unset}. "
+        "Offline, tlassoc.pretrained.gpt2_like() builds a small GPT-2-architecture model locally."
     )
+
+
+def _local_folder(name: Any) -> Path | None:
+    """The folder ``name`` names when it is an existing directory (a folder of downloaded
+    Hugging Face files), else ``None`` (a hub name)."""
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name={name!r}; expected a model name or a folder path")
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if str(name).startswith(("/", "./", "../", "~")):
+            raise ValueError(f"name={str(name)!r} is not a folder; expected a folder of weights")
+        return None
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"name={str(name)!r} is a folder without config.json; expected a folder of a model's "
+            "Hugging Face files (config.json, *.safetensors, tokenizer files)"
+        )
+    return folder
+
+
+def _from_folder(folder: Path, device: Any, dtype: torch.dtype) -> Any:
+    """Load a folder of Hugging Face files (safetensors weights only) without any network."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if not any((folder / w).is_file() for w in weights):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+        found = (
+            f" (it holds {', '.join(sorted(pickled))}: pickles, never loaded)" if pickled else ""
+        )
+        raise CheckpointError(
+            f"{folder} has no model.safetensors{found}; expected safetensors weights"
+        )
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        torch_dtype=dtype,
+        attn_implementation="eager",
+        local_files_only=True,
+        use_safetensors=True,
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{folder} has no usable tokenizer files ({type(err).__name__}); expected those "
+            "of the model (e.g. tokenizer.json, or vocab.json + merges.txt)"
+        ) from None
+    return _wrap_hf(hf_model.eval(), tokenizer, f"local-{folder.name}", device, dtype)
 
 
 def load_model(
@@ -199,13 +262,15 @@ def load_model(
 ) -> Any:
     """Load a TransformerLens named model (default GPT-2 small), in eval mode.
 
-    Order: the local cache (used without touching the network), then the hub if it answers
-    within ``probe_timeout`` seconds, else :class:`HubUnavailableError` (raised in well under 2
-    seconds, no retries).
+    Order: a local folder when ``name`` is one; the local cache (used without touching the
+    network); then the hub if it answers within ``probe_timeout`` seconds, else
+    :class:`HubUnavailableError` (raised in well under 2 seconds, no retries).
 
     Args:
         name: A TransformerLens model name or alias (``"gpt2"``, ``"gpt2-medium"``,
-            ``"attn-only-2l"``, ...).
+            ``"attn-only-2l"``, ...), or the path of a folder holding a model's downloaded
+            Hugging Face files (``config.json``, ``model.safetensors`` and the tokenizer files;
+            loaded with no network, pickled weights refused).
         device: Where to put the model.
         dtype: Parameter dtype.
         cache_dir: Hugging Face cache folder (default: HF's, under ``HF_HOME``).
@@ -223,12 +288,15 @@ def load_model(
     Example:
         >>> model = load_model("gpt2")  # doctest: +SKIP
     """
+    local = _local_folder(name)
+    if local is not None:
+        return _from_folder(local, device, dtype)
     repo = official_name(name)
     _refuse_pickled(name, repo)
     snapshot = _cached_snapshot(repo, cache_dir)
     if snapshot is None:
         if _offline_env():
-            raise _unavailable(name, repo, cache_dir, "HF_HUB_OFFLINE is set")
+            raise _unavailable(name, repo, cache_dir, f"{' and '.join(_offline_vars())} set")
         if not hub_reachable(probe_timeout):
             raise _unavailable(
                 name,
@@ -379,12 +447,17 @@ def gpt2_like(
 
 
 def compare_induction_heads(
-    models: Mapping[str, Model], *, repeat_len: int = 50, n_samples: int = 10, seed: int = 0
+    models: Mapping[str, Model | str],
+    *,
+    repeat_len: int = 50,
+    n_samples: int = 10,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, Any]:
     """Induction and previous-token scores of several models' heads, side by side.
 
     Args:
-        models: ``{label: model}``; tlassoc models, GPT-2 or any TransformerLens model.
+        models: ``{label: model or name}``; tlassoc models, GPT-2 or any TransformerLens model,
+            or a name (or folder of downloaded files) that :func:`load_model` accepts.
         repeat_len: Block length of the stripe score (capped at the vocabulary size).
         n_samples: Sequences per score.
         seed: Seed of the random tokens.
@@ -411,6 +484,8 @@ def compare_induction_heads(
 
     frames = []
     for label, model in models.items():
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
         pool = token_pool_size(model)
         L = min(repeat_len, pool, (model.cfg.n_ctx - 1) // 2)
         ind = induction_scores(model, repeat_len=L, n_samples=n_samples, seed=seed)

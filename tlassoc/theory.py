@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pandas as pd
@@ -208,8 +208,8 @@ class DesignedPrompt:
         return self.b1, (self.b2 if self.top == self.b1 else self.top)
 
     def meta(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("tokens")
+        """Every field but the tokens (not copied), plus the prompt ``length``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tokens"}
         d["length"] = int(self.tokens.numel())
         return d
 

@@ -35,13 +35,17 @@ class FlakyLengthGen(LengthGenExperiment):
 
 
 class GatedLengthGen(LengthGenExperiment):
-    """Seeds >= 1 wait until the file named by ``$TLASSOC_TEST_GATE`` exists (and give up
-    when their driver is gone), so a sweep can be killed while they run."""
+    """Seeds >= 1 wait until the file ``gate`` (default: ``$TLASSOC_TEST_GATE``, read where the
+    experiment is made) exists, and give up when their Ray node is gone, so a sweep can be
+    stopped or killed while they run."""
 
     name = "test_gated_lengthgen"
 
+    def __init__(self, gate: str | None = None):
+        self.gate = gate or os.environ["TLASSOC_TEST_GATE"]
+
     def measure(self, config, progress=True):
-        gate = Path(os.environ["TLASSOC_TEST_GATE"])
+        gate = Path(self.gate)
         parent = os.getppid()
         while config.seeds[0] >= 1 and not gate.exists():
             if os.getppid() != parent:

@@ -45,7 +45,7 @@ def test_least_squares_recover_planted_strengths():
     logits = 3.0 * share + beta[queries] + 0.01 * torch.randn(P, V, generator=gen)
     contrast = torch.stack([torch.zeros(P, dtype=torch.long), torch.ones(P, dtype=torch.long)], 1)
     test = torch.arange(P) % 2 == 0
-    fits = amt_fits(logits, share, bigram, logits, queries, contrast, test)
+    fits = amt_fits(logits, share, bigram, {"from_weights": logits}, queries, contrast, test)
     assert fits["weighted"]["alpha"] == pytest.approx(3.0, abs=0.02)
     assert fits["weighted"]["r2_logits"] > 0.99 and fits["unweighted"]["r2_logits"] < 0.5
     assert fits["from_weights"]["r2_logits"] == pytest.approx(1.0)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -188,13 +189,31 @@ def test_measure_seeds_merges_per_seed_trials_with_the_in_process_numbers(
     assert sorted(again.artifacts["models"]) == sorted(names)
 
 
+GATED = "sweep_test_experiments:GatedLengthGen"
 _DRIVER = """
 import sys
 from tlassoc import experiments
-experiments.EXPERIMENTS["test_gated_lengthgen"] = "sweep_test_experiments:GatedLengthGen"
+experiments.EXPERIMENTS["test_gated_lengthgen"] = "{gated}"
 from tlassoc.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def _gated_argv(out: Path) -> list[str]:
+    """A 2 x 2 sweep of the gated experiment: seeds 0 and 1, d_model 16 and 32."""
+    return [
+        "sweep",
+        "test_gated_lengthgen",
+        "--quick",
+        *TINY_FLAGS,
+        "--grid",
+        "seeds=0,1",
+        "--grid",
+        "model.d_model=16,32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def _statuses(out: Path) -> dict[int, str]:
@@ -208,29 +227,46 @@ def _statuses(out: Path) -> dict[int, str]:
     return found
 
 
-def test_killed_sweep_resumes_and_finishes_with_the_same_results(tmp_path, one_thread):
-    """The seed-1 trials wait for a gate file, so the driver is killed (SIGKILL) while they run
-    and after the seed-0 trials finished; the same command then finishes the sweep."""
+def test_ctrl_c_cancels_running_trials_and_keeps_finished_ones(
+    ray_local, tmp_path, monkeypatch, capsys
+):
+    """Seed-1 trials wait for a gate that never opens; SIGINT arrives once seed 0 is done."""
+    from tlassoc import experiments
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "test_gated_lengthgen", GATED)
+    monkeypatch.setenv("TLASSOC_TEST_GATE", str(tmp_path / "gate"))
+    out = tmp_path / "sweep"
+
+    def interrupt_when_seed0_done():
+        deadline = time.monotonic() + 600
+        while list(_statuses(out).values()).count("done") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt_when_seed0_done, daemon=True)
+    watcher.start()
+    assert main(_gated_argv(out)) == 130
+    watcher.join()
+    assert "sweep interrupted; finished trials are kept" in capsys.readouterr().err
+    seed1 = {(1, 16): "interrupted", (1, 32): "interrupted"}
+    assert _statuses(out) == {(0, 16): "done", (0, 32): "done", **seed1}
+    assert not (out / "summary.md").exists()  # no report of an interrupted sweep
+
+
+def test_killed_sweep_resumes_and_finishes_with_the_same_results(
+    ray_local, tmp_path, monkeypatch, one_thread
+):
+    """Seed-1 trials wait for a gate file, so the driver (a subprocess with its own embedded
+    Ray) is killed with SIGKILL while they run and after the seed-0 trials finished; the same
+    command, run again here with the gate open, finishes the sweep."""
+    from tlassoc import experiments
+
     driver = tmp_path / "driver.py"
-    driver.write_text(_DRIVER)
+    driver.write_text(_DRIVER.format(gated=GATED))
     gate, out = tmp_path / "gate", tmp_path / "sweep"
     pythonpath = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": pythonpath, "TLASSOC_TEST_GATE": str(gate)}
-    cmd = [
-        sys.executable,
-        str(driver),
-        "sweep",
-        "test_gated_lengthgen",
-        "--quick",
-        *TINY_FLAGS,
-        "--grid",
-        "seeds=0,1",
-        "--grid",
-        "model.d_model=16,32",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    cmd = [sys.executable, str(driver), *_gated_argv(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while list(_statuses(out).values()).count("done") < 2:
@@ -246,8 +282,9 @@ def test_killed_sweep_resumes_and_finishes_with_the_same_results(tmp_path, one_t
     assert len(kept) == 2
 
     gate.touch()
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    monkeypatch.setitem(experiments.EXPERIMENTS, "test_gated_lengthgen", GATED)
+    monkeypatch.setenv("TLASSOC_TEST_GATE", str(gate))
+    assert main(_gated_argv(out)) == 0
     assert set(_statuses(out).values()) == {"done"}
     assert {p: p.read_bytes() for p in kept} == kept  # finished trials were not run again
     exp = get("length_generalization")
@@ -288,6 +325,40 @@ def test_bad_grid_is_one_line_and_writes_nothing(tmp_path, capsys, grid, message
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (out / "trials").exists()
+
+
+def test_bad_sweep_options_are_one_line(tmp_path, capsys):
+    argv = ["sweep", "length_generalization", "--grid", "seeds=0", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--cpus-per-trial", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tlassoc: error: cpus_per_trial=0; expected an integer >= 1"
+    )
+    assert main([*argv, "--max-retries", "x"]) == 2
+    assert "--max-retries: invalid int value: 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "trials").exists()
+
+
+def test_embedded_ray_start_is_tried_again_when_its_node_misses_the_deadline(monkeypatch):
+    import ray
+
+    calls = []
+
+    def init(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) < fail_times + 1:
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", init)
+    fail_times = 2
+    assert start_ray(num_cpus=1) is True and len(calls) == 3
+    assert calls[0][0] == ("local",) and calls[0][1]["num_cpus"] == 1
+    calls.clear()
+    fail_times = 3
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_ray(num_cpus=1)
+    assert len(calls) == 3
 
 
 def test_a_folder_another_sweep_holds_is_refused(tmp_path):

@@ -163,9 +163,24 @@ class Reference:
         return ref
 
 
+def tensors_digest(path: Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes). Not of the file:
+    safetensors writes its metadata in hash-map order, which differs between processes."""
+    import torch
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, t in sorted(load_file(path).items()):
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def state_hashes(folder: Path) -> tuple[str, str]:
     """What must be bit-identical: the weights and the optimizer + data-generator state."""
-    return sha(folder / "model.safetensors"), sha(folder / "train_state.safetensors")
+    return tensors_digest(folder / "model.safetensors"), tensors_digest(
+        folder / "train_state.safetensors"
+    )
 
 
 def without_seconds(records: list[dict]) -> list[dict]:
@@ -181,9 +196,11 @@ def phase_after_kill(out: Path) -> str:
     if any(".partial-" in n for n in names):
         return "writing the checkpoint files"
     complete = [n for n in names if all((root / n / f).is_file() for f in CKPT_FILES)]
-    pointer = json.loads((root / "latest.json").read_text())["checkpoint"] if (
-        root / "latest.json"
-    ).is_file() else None
+    pointer = (
+        json.loads((root / "latest.json").read_text())["checkpoint"]
+        if (root / "latest.json").is_file()
+        else None
+    )
     if complete and pointer != complete[-1]:
         return "after the rename, before the pointer switch"
     if len(complete) != len(names) or len(complete) > KEEP:

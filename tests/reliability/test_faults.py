@@ -56,13 +56,20 @@ SEED = 20250101
 DELAY = "0.02"  # seconds TLASSOC_FAULT_DELAY sleeps between the phases of a checkpoint write
 MIN_KILLS = 30
 KINDS = {"kill": "SIGKILL", "int": "SIGINT", "int2": "two SIGINTs"}
-SUMMARY: dict = {"kills": Counter(), "phases": Counter(), "seconds": {}}
+TARGETS = (
+    "writing the checkpoint files",
+    "after the rename, before the pointer switch",
+    "pruning older checkpoints",
+)
+SUMMARY: dict = {"kills": Counter(), "phases": Counter(), "seconds": {}, "faults sent": 0}
 
 
 def _lines_ok(text: str) -> bool:
     lines = text.splitlines()
-    return bool(lines) and all(line.startswith("tlassoc: ") for line in lines) and (
-        "Traceback" not in text
+    return (
+        bool(lines)
+        and all(line.startswith("tlassoc: ") for line in lines)
+        and ("Traceback" not in text)
     )
 
 
@@ -98,13 +105,27 @@ def reference(server, tmp_path_factory) -> Reference:
     return ref
 
 
-def _kill_once(server, ref, out, argv, kind, rng, delay=DELAY):
-    """Start ``argv``, kill it at a random time; returns (exit code, child)."""
-    child = server.start(argv, TLASSOC_FAULT_DELAY=delay)
-    if kind == "kill" and rng.random() < 0.1:
+def _fault(rng: random.Random, number: int) -> tuple[str, str | None]:
+    """The ``number``-th fault of a run: (kind, target phase or ``None`` for a random time).
+    Every second one is a SIGKILL as soon as the files show a phase of a checkpoint write, the
+    phases in turn; the others come at a random time, of a random kind."""
+    if number % 2:
+        return "kill", TARGETS[(number // 2) % len(TARGETS)]
+    return rng.choice(list(KINDS)), None
+
+
+def _kill_once(server, ref, out, argv, fault, rng):
+    """Start ``argv`` and send ``fault``; returns (exit code, child)."""
+    kind, target = fault
+    child = server.start(argv, TLASSOC_FAULT_DELAY=DELAY)
+    if kind == "kill" and target is None and rng.random() < 0.1:
         time.sleep(rng.uniform(0.0, 0.05))  # during start-up, before the lock
     elif wait_for_lock(out, child.pid):
-        time.sleep(rng.uniform(0.0, 1.1 * ref.seconds))
+        if target is None:
+            time.sleep(rng.uniform(0.0, 1.1 * ref.seconds))
+        else:
+            while alive(child.pid) and phase_after_kill(out) != target:
+                time.sleep(0.002)
     kill(child.pid, kind, rng)
     return server.wait(child), child
 
@@ -114,8 +135,10 @@ def _episode(server, ref, out: Path, rng: random.Random, kills_wanted: int) -> i
     killed once; returns the number of kills that hit a running process."""
     argv, resume, hits, rc = [*TINY, "--out", str(out)], False, 0, None
     while hits < kills_wanted:
-        kind = rng.choices(list(KINDS), weights=[3, 1, 1])[0]
-        rc, child = _kill_once(server, ref, out, argv + ["--resume"] * resume, kind, rng)
+        fault = _fault(rng, SUMMARY["faults sent"])
+        SUMMARY["faults sent"] += 1
+        kind = fault[0]
+        rc, child = _kill_once(server, ref, out, argv + ["--resume"] * resume, fault, rng)
         resume = True
         if rc == 0:
             break  # it finished before the fault arrived
@@ -165,7 +188,7 @@ def test_kills_at_random_points_resume_bit_identical(server, reference, tmp_path
     if os.environ.get("TLASSOC_FAULT_SUMMARY"):
         Path(os.environ["TLASSOC_FAULT_SUMMARY"]).write_text(json.dumps(SUMMARY, default=dict))
     assert total >= MIN_KILLS
-    assert len(SUMMARY["phases"]) >= 4, SUMMARY["phases"]  # kills hit every phase but one at least
+    assert set(TARGETS) <= set(SUMMARY["phases"]), SUMMARY["phases"]  # every phase was hit
 
 
 def _python_m(argv: list[str], **popen) -> subprocess.Popen:
@@ -182,7 +205,7 @@ def _python_m(argv: list[str], **popen) -> subprocess.Popen:
 
 def test_a_second_process_on_the_same_folder_gets_the_lock_error(server, reference, tmp_path):
     out = tmp_path / "shared"
-    first = server.start([*TINY, "--out", str(out)], TLASSOC_FAULT_DELAY="1.0")  # a slow run
+    first = server.start([*TINY, "--out", str(out)], TLASSOC_FAULT_DELAY="2.0")  # a slow run
     assert wait_for_lock(out, first.pid)
     second = _python_m([*TINY, "--out", str(out), "--resume"])
     _, err = second.communicate(timeout=WAIT_S)

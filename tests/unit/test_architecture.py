@@ -16,7 +16,13 @@ ROOT = Path(__file__).parents[2] / "tlassoc"
 LAYERS: list[tuple[str, ...]] = [
     ("tlassoc.config", "tlassoc.presets", "tlassoc.recipes"),
     ("tlassoc._io", "tlassoc.metrics", "tlassoc.tokenizer", "tlassoc.data"),
-    ("tlassoc._tl", "tlassoc._tl_surface", "tlassoc.model", "tlassoc.convert"),
+    (
+        "tlassoc._tl",
+        "tlassoc._tl_surface",
+        "tlassoc._model_folders",
+        "tlassoc.model",
+        "tlassoc.convert",
+    ),
     ("tlassoc.training",),
     (
         "tlassoc.memory",

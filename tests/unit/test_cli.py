@@ -106,23 +106,21 @@ def test_train_and_resume_through_the_cli(tmp_path, capsys):
 
 def test_reproduce_settings_reach_the_models(tmp_path, capsys):
     args = ["reproduce", "--out", str(tmp_path), "--quick", "--train.steps", "2"]
-    args += ["--task.seq_len", "16", "--train.batch_size", "4", "--model.d_model", "16"]
-    args += ["--no-progress", "--model.relative_form", "bias"]
-    args += ["--set", "model.max_relative_distance=8"]
+    args += ["--set", "train_lens=16", "--train.batch_size", "4", "--set", "width_rule=none"]
+    args += ["--model.d_model", "16", "--no-progress", "--model.relative_form", "bias"]
+    args += ["--set", "clip_rule=none", "--set", "model.max_relative_distance=8"]
     assert main(args) == 0
     assert "claims hold" in capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["model"]["relative_form"] == "bias"
     assert results["config"]["model"]["max_relative_distance"] == 8
     assert results["config"]["model"]["n_ctx"] == 64  # derived: 4 x T_train
-    saved = {enc: AssocTransformer.load(tmp_path / "models" / f"{enc}-seed0")
+    saved = {enc: AssocTransformer.load(tmp_path / "models" / f"{enc}-T16-seed0")
              for enc in ("relative", "standard")}  # fmt: skip
     rpe, ape = saved["relative"], saved["standard"]
-    assert rpe.cfg.positional_embedding_type == "relative"
+    assert rpe.cfg.positional_embedding_type == "relative" and rpe.cfg.d_model == 16
     assert (rpe.cfg.relative_form, rpe.cfg.max_relative_distance) == ("bias", 8)
     assert tuple(rpe.blocks[0].attn.b_rel.shape) == (1, 8)
     assert "rel_embed.W_rel" not in dict(rpe.named_parameters())
     assert ape.cfg.positional_embedding_type == "standard"
-    assert (
-        "Relative model: bias form, distances clipped at 7" in (tmp_path / "report.md").read_text()
-    )
+    assert "T_train = 16 for 2 steps" in (tmp_path / "report.md").read_text()

@@ -22,7 +22,7 @@ def test_ffn_defaults():
     [
         ({"n_layers": 0}, "n_layers=0"),
         ({"d_model": 30, "n_heads": 4}, "d_model=30 is not divisible by n_heads=4"),
-        ({"positional_embedding_type": "rotary"}, "positional_embedding_type='rotary'"),
+        ({"positional_embedding_type": "sinusoidal"}, "positional_embedding_type='sinusoidal'"),
         ({"positional_embedding_type": "relative", "relative_layers": (2,)}, "relative_layers"),
         ({"relative_form": "table"}, "relative_form='table'"),
         ({"ffn_type": "gelu"}, "ffn_type='gelu'"),

@@ -183,3 +183,20 @@ def test_bigram_heatmap_is_labelled_with_characters():
     with pytest.raises(ValueError, match="top=0"):
         plot_bigram_heatmap(BigramModel.tiny_shakespeare(), top=0)
     plt.close(ax.figure)
+
+
+def test_file_figures_leave_pyplot_alone(tmp_path, monkeypatch):
+    """Figures written to files do not switch pyplot's backend (a notebook's inline plots) and
+    leave no open pyplot figure behind."""
+    import matplotlib
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    matplotlib.use("svg")  # stands for a notebook's inline backend
+    try:
+        before = plt.get_fignums()
+        viz_training.plot_probes_over_training(_histories(), tmp_path / "p.png")
+        viz_training.plot_per_position({"RPE": [1.0, 0.5]}, tmp_path / "q.png")
+        assert matplotlib.get_backend().lower() == "svg"
+        assert plt.get_fignums() == before
+    finally:
+        matplotlib.use("Agg")

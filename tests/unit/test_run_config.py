@@ -50,7 +50,7 @@ def test_each_experiment_config_round_trips(name):
         ({"task": {"seq_len": 1.5}}, "task.seq_len=1.5; expected int"),
         ({"train": {"betas": [0.9]}}, "train.betas=[0.9]; expected 2 items"),
         ({"train": []}, "train=[]; expected"),
-        ({"modle": {}}, "unknown field 'modle'"),
+        ({"modle": {}}, "unknown RunConfig field 'modle'"),
         ({"train": {"lr": -1.0}}, "train.lr=-1.0"),
     ],
 )

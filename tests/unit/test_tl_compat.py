@@ -86,7 +86,9 @@ def test_pattern_patching_per_head_matches_hand_hooks(name):
 
             with torch.no_grad():
                 expected = metric(run_patched(model, corrupted, hook, edit))
-            assert abs(result[layer, head].item() - expected.item()) < 1e-6
+            # float32 agreement (the unhooked layer may run the fused attention kernel, whose
+            # rounding differs from the step-by-step path by ~1e-7 relative)
+            torch.testing.assert_close(result[layer, head], expected, rtol=1e-6, atol=1e-6)
     by_pos = patching.get_act_patch_attn_head_pattern_by_pos(model, corrupted, cache, metric)
     assert by_pos.shape == (model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
 

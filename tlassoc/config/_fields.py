@@ -20,6 +20,10 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: unknown field 'model.widht'; expected one of ['width']
+    >>> from_dict(Inner, {"widht": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown Inner field 'widht'; expected one of ['width']
 """
 
 from __future__ import annotations
@@ -172,8 +176,12 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     names = [f.name for f in config_fields(cls)]
     for key in data:
         if key not in names:
-            full = f"{path}.{key}" if path else key
-            raise ValueError(f"unknown field {full!r}; expected one of {sorted(names)}")
+            if path:
+                full = f"{path}.{key}"
+                raise ValueError(f"unknown field {full!r}; expected one of {sorted(names)}")
+            raise ValueError(
+                f"unknown {cls.__name__} field {key!r}; expected one of {sorted(names)}"
+            )
     kwargs = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else key

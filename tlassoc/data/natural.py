@@ -137,27 +137,46 @@ class TextTask:
     :func:`tlassoc.training.train` and :func:`tlassoc.training.evaluate`).
 
     A window of ``seq_len + 1`` consecutive tokens gives ``tokens`` (the first ``seq_len``) and
-    ``targets`` (shifted by one). Every target has label 0 (there are no triggers), so train
-    with ``loss_on="all"``.
+    ``targets`` (shifted by one), all with label 0; train with ``loss_on="all"``.
+
+    With ``repeat_fraction > 0`` (ours), that fraction of the windows is a *repeated* window:
+    a text segment of ``h = ceil((seq_len + 1) / 2)`` consecutive tokens followed by the same
+    segment again (truncated to the window). Its targets inside the second copy from its second
+    token on can be predicted by copying (an induction head) and get label 2, like the trigger
+    task's in-context targets; everything else keeps label 0.
 
     Args:
         ids: The token stream (e.g. :func:`encode_text` of a text).
         seq_len: Input positions per window.
         batch_size: Windows per batch.
+        repeat_fraction: Fraction of repeated windows (0 = the text as it is).
 
     Example:
         >>> task = TextTask(torch.arange(100) % 96, seq_len=8, batch_size=3)
         >>> b = task.sample(seed=1)
         >>> bool((b.targets[:, :-1] == b.tokens[:, 1:]).all()), int(b.labels.sum())
         (True, 0)
+        >>> r = TextTask(torch.arange(100) % 96, seq_len=8, repeat_fraction=1.0).sample(seed=1)
+        >>> bool((r.tokens[:, :3] == r.tokens[:, 5:]).all()), r.labels[0].tolist()
+        (True, [0, 0, 0, 0, 0, 2, 2, 2])
     """
 
     trigger_mode = "none"
 
-    def __init__(self, ids: Int[Tensor, " n"], seq_len: int, batch_size: int = 32):
+    def __init__(
+        self,
+        ids: Int[Tensor, " n"],
+        seq_len: int,
+        batch_size: int = 32,
+        repeat_fraction: float = 0.0,
+    ):
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}; expected a positive integer")
+        r = repeat_fraction
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+            raise ValueError(f"repeat_fraction={r!r}; expected a number in [0, 1]")
+        self.repeat_fraction = float(r)
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
         if ids.numel() < seq_len + 2:
             raise ValueError(
@@ -180,11 +199,19 @@ class TextTask:
         if length + 1 >= self.ids.numel():
             raise ValueError(f"seq_len={length}; expected < {self.ids.numel() - 1} (text length)")
         starts = torch.randint(0, self.ids.numel() - length, (n,), generator=gen)
-        windows = self.ids[starts[:, None] + torch.arange(length + 1)]
+        offsets = torch.arange(length + 1)
+        labels = torch.zeros(n, length, dtype=torch.long)
+        if self.repeat_fraction > 0:
+            repeat = torch.rand(n, generator=gen) < self.repeat_fraction
+            h = (length + 2) // 2
+            folded = torch.where(offsets < h, offsets, offsets - h)
+            offsets = torch.where(repeat[:, None], folded, offsets)
+            labels[:, h:] = 2 * repeat[:, None].long()
+        else:
+            offsets = offsets.expand(n, -1)
+        windows = self.ids[starts[:, None] + offsets]
         empty = torch.zeros(n, 0, dtype=torch.long)
-        return TriggerBatch(
-            windows[:, :-1], windows[:, 1:], torch.zeros(n, length, dtype=torch.long), empty, empty
-        )
+        return TriggerBatch(windows[:, :-1], windows[:, 1:], labels, empty, empty)
 
     def split(self, fraction: float) -> tuple[TextTask, TextTask]:
         """Two tasks on the first ``1 - fraction`` and the last ``fraction`` of the stream
@@ -199,8 +226,8 @@ class TextTask:
             raise ValueError(f"fraction={fraction!r}; expected a number in (0, 1)")
         cut = int(round(self.ids.numel() * (1 - fraction)))
         return (
-            TextTask(self.ids[:cut], self.seq_len, self.batch_size),
-            TextTask(self.ids[cut:], self.seq_len, self.batch_size),
+            TextTask(self.ids[:cut], self.seq_len, self.batch_size, self.repeat_fraction),
+            TextTask(self.ids[cut:], self.seq_len, self.batch_size, self.repeat_fraction),
         )
 
 

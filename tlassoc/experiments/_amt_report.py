@@ -13,6 +13,7 @@ NAMES = {
     "scalar": "α·share + β·π_b",
     "weighted": "stronger AMT α·share + β_aj",
     "from_weights": "theory read off the weights (no fit)",
+    "from_weights_ffn_copy": "the same, copy read through the feed-forward layer",
 }
 
 
@@ -46,7 +47,7 @@ def _tables(result: Result) -> list[str]:
 def _r2_figure(result: Result, path: Any) -> None:
     plt = pyplot()
     encs = result.config["encodings"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     width = 0.8 / max(1, len(encs))
     for ax, key, title in (
         (axes[0], "r2_logits", "all centred logits"),
@@ -61,7 +62,13 @@ def _r2_figure(result: Result, path: Any) -> None:
                 errs.append(0.0 if hi != hi else hi - m)
             xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(len(NAMES))]
             ax.bar(xs, means, width, yerr=errs, capsize=3, label=_kit.label(enc))
-        ticks = ["c(share+π_b)", "α share+β π_b", "α share+β_aj", "ξ from weights"]
+        ticks = [
+            "c(share+π_b)",
+            "α share+β π_b",
+            "α share+β_aj",
+            "ξ weights",
+            "ξ weights,\nFFN copy",
+        ]
         ax.set_xticks(range(len(NAMES)), ticks, fontsize=8)
         ax.set_ylabel("held-out R²")
         ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)

@@ -39,6 +39,19 @@ def _tables(result: Result) -> list[str]:
             ("theory argmax agreement inside T_train", f"{enc}.theory.within.agreement"),
             ("theory correlation beyond T_train", f"{enc}.theory.beyond.correlation"),
             ("theory argmax agreement beyond T_train", f"{enc}.theory.beyond.agreement"),
+            (
+                "diagnostic: theory with the copy read through the feed-forward layer, "
+                "correlation inside",
+                f"{enc}.theory_ffn_copy.within.correlation",
+            ),
+            (
+                "diagnostic: the same, argmax agreement inside",
+                f"{enc}.theory_ffn_copy.within.agreement",
+            ),
+            (
+                "diagnostic: the same, predicts a win inside",
+                f"{enc}.theory_ffn_copy.predicted_wins_within",
+            ),
             ("context wins inside, all queries", f"{enc}.all_queries.context_wins"),
             ("context wins inside, unscored queries", f"{enc}.unscored_queries.context_wins"),
             ("training seconds", f"{enc}.train_seconds"),

@@ -379,6 +379,42 @@ def write(experiment: Experiment, result: Result, out_dir: Any) -> Path:
     return out
 
 
+def write_index(out_dir: Any, entries: list[tuple[str, str, Result | None, str]]) -> Path:
+    """Write ``out_dir/report.md``: one line per experiment with its verdict and links.
+
+    Args:
+        out_dir: The folder holding one subfolder per experiment.
+        entries: ``(name, description, result or None, note)``; ``note`` explains a missing
+            result (e.g. the error that stopped it).
+    """
+    from tlassoc.experiments import get
+
+    out = Path(out_dir)
+    lines = [
+        "# tlassoc reproduce --all",
+        "",
+        "| experiment | verdict | claims holding | time | report |",
+        "|---|---|---|---|---|",
+    ]
+    for name, description, result, note in entries:
+        if result is None:
+            lines.append(f"| {name} | not run: {note} | | | |")
+            continue
+        outcomes = get(name).evaluate_claims(result)
+        held = sum(o.holds for o in outcomes)
+        verdict = "all claims hold" if held == len(outcomes) else "some claims do not hold"
+        files = sorted(p.name for p in (out / name).glob("*") if p.suffix in (".png", ".html"))
+        links = ", ".join(f"[{f}]({name}/{f})" for f in files)
+        lines.append(
+            f"| [{name}]({name}/report.md): {description} | {verdict} | {held} / "
+            f"{len(outcomes)} | {result.seconds:.0f} s | {links} |"
+        )
+    total = sum(r.seconds for _, _, r, _ in entries if r is not None)
+    lines += ["", f"Total measured time {total:.0f} s.", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
 __all__ = [
     "OPS",
     "Claim",
@@ -393,4 +429,5 @@ __all__ = [
     "lookup",
     "mean_interval",
     "write",
+    "write_index",
 ]

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import torch
 
 from tlassoc import presets
 from tlassoc.config import RunConfig
@@ -226,28 +227,94 @@ def hijack_numbers(frame: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def make_prompts(config: KnowledgeHijackConfig, seed: int) -> list[Any]:
+    """The designed prompts of one seed: ``n_prompts`` of length ``prompt_len`` near the end or
+    the start, or of length ``T_train + prompt_len`` with the pairs beyond ``T_train``."""
+    from tlassoc.data import BigramModel
+    from tlassoc.theory import designed_prompts
+
+    return designed_prompts(
+        BigramModel.tiny_shakespeare(),
+        n_prompts=config.n_prompts,
+        seq_len=config.prompt_len,
+        train_len=config.task.seq_len,
+        seed=seed,
+    )
+
+
+@torch.no_grad()
+def copy_through_ffn(model: Any, **kwargs: Any) -> Any:
+    """The theory's memories with the copy path read *through* the last feed-forward layer
+    (a diagnostic of ours, not a claim): row ``k`` of ``A`` is ``(o_k + FFN(o_k) - FFN(0))
+    W_U`` with ``o_k = w_E(k) W_V W_O`` of the last layer, instead of ``o_k W_U`` alone;
+    ``B`` as in :meth:`tlassoc.theory.TheoryParams.from_model`. For a linear feed-forward layer
+    this is exactly what the induction head's output adds to the logits.
+
+    Example:
+        >>> from tlassoc import AssocTransformer, presets
+        >>> m = AssocTransformer(presets.rpe(d_model=16, n_ctx=16, ffn_type="linear"))
+        >>> copy_through_ffn(m).copy.shape
+        torch.Size([65, 65])
+    """
+    from tlassoc.heads.adapter import head_weights
+    from tlassoc.theory import TheoryParams
+
+    base = TheoryParams.from_model(model, **kwargs)
+    w = head_weights(model)
+    last = w.n_layers - 1
+    out = w.ov_out(last).float()
+    ffn = w.ffn[last] if last < len(w.ffn) else None
+    if ffn is not None:
+        out = out + ffn(out).float() - ffn(torch.zeros_like(out)).float()
+    return TheoryParams((out @ w.W_U.float()).cpu(), base.bigram, **kwargs)
+
+
+def _ffn_copy_numbers(frame: pd.DataFrame) -> dict[str, Any]:
+    within = frame[frame["placement"].isin(WITHIN)]
+    sel = _select(frame, "disagree", MAJORITY, WITHIN)
+    return {
+        "within": _summary(within),
+        "beyond": _summary(frame[frame["placement"] == "beyond"]),
+        "predicted_wins_within": _rate(sel["pred_diff"] > 0),
+    }
+
+
 def evaluate_model(
-    model: Any, encoding: str, config: KnowledgeHijackConfig, pool: list[int], seed: int
+    model: Any,
+    encoding: str,
+    config: KnowledgeHijackConfig,
+    pool: list[int],
+    seed: int,
+    prompts: list[Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Designed prompts on one trained model: the numbers of :func:`hijack_numbers` on the scored
     queries (``pool``), plus the win rates over all and over the unscored queries.
+
+    Args:
+        model: The trained model.
+        encoding: Its ``positional_embedding_type`` (``standard``: the theory drops keys past
+            ``T_train``).
+        config: The experiment's settings.
+        pool: The scored query tokens.
+        seed: Seed of the prompts (used when ``prompts`` is not given).
+        prompts: The prompts (default :func:`make_prompts` with ``seed``).
 
     Returns:
         ``(numbers, frame)``: the numbers and the full :func:`tlassoc.theory.compare` frame
         (with a ``scored`` column).
     """
-    from tlassoc.data import BigramModel
-    from tlassoc.theory import TheoryParams, compare, designed_prompts
+    from tlassoc.theory import TheoryParams, compare
 
     T = config.task.seq_len
-    bigram = BigramModel.tiny_shakespeare()
-    prompts = designed_prompts(
-        bigram, n_prompts=config.n_prompts, seq_len=config.prompt_len, train_len=T, seed=seed
-    )
+    prompts = prompts if prompts is not None else make_prompts(config, seed)
     params = TheoryParams.from_model(model, train_len=T if encoding == "standard" else None)
     frame = compare(model, prompts, params)
     frame["scored"] = frame["a"].isin(pool)
     numbers = hijack_numbers(frame[frame["scored"]])
+    scored = [p for p, keep in zip(prompts, frame["scored"], strict=True) if keep]
+    if scored:
+        ffn_params = copy_through_ffn(model, train_len=params.train_len)
+        numbers["theory_ffn_copy"] = _ffn_copy_numbers(compare(model, scored, ffn_params))
     for key, part in (("all_queries", frame), ("unscored_queries", frame[~frame["scored"]])):
         sel = _select(part, "disagree", MAJORITY, WITHIN)
         numbers[key] = {"n_prompts": int(len(part)), "context_wins": _rate(sel["model_diff"] > 0)}
@@ -294,11 +361,12 @@ class KnowledgeHijackExperiment(Experiment):
         per_seed, models, frames = [], {}, {}
         for seed in config.seeds:
             record: dict[str, Any] = {"scored_queries": pool}
+            prompts = make_prompts(config, seed + 1000)
             for enc in config.encodings:
                 model, rec = _kit.train_one(
                     config, enc, seed, task, progress=progress, evaluators=[probe_evaluator(task)]
                 )
-                numbers, frame = evaluate_model(model, enc, config, pool, seed + 1000)
+                numbers, frame = evaluate_model(model, enc, config, pool, seed + 1000, prompts)
                 record[enc] = {**numbers, **rec}
                 models[f"{enc}-seed{seed}"] = model
                 frames[f"{enc}-seed{seed}"] = frame
@@ -369,8 +437,10 @@ class KnowledgeHijackExperiment(Experiment):
 __all__ = [
     "KnowledgeHijackConfig",
     "KnowledgeHijackExperiment",
+    "copy_through_ffn",
     "evaluate_model",
     "hijack_model",
+    "make_prompts",
     "hijack_numbers",
     "hijack_task",
     "hijack_train",

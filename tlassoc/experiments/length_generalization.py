@@ -131,7 +131,7 @@ class LengthGenConfig(RunConfig):
     model: AssocConfig = _lengthgen("model")
     train: TrainConfig = _lengthgen("train")
     task: TaskConfig = _lengthgen("task")
-    encodings: tuple[str, ...] = ("relative", "relative_bias", "standard", "alibi", "rotary")
+    encodings: tuple[str, ...] = ("relative", "relative_bias", "standard")
     train_lens: tuple[int, ...] = (16, 32)
     width_rule: int | None = 4
     clip_rule: int | None = 2

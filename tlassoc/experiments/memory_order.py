@@ -189,7 +189,9 @@ def run_variant(
     """Train one variant and seed; return the model and its summary plus its probe history.
 
     Example:
-        >>> cfg = MemoryOrderExperiment().quick_config().set("train.steps", 4)
+        >>> cfg = MemoryOrderExperiment().quick_config().override({"model.d_model": 16,
+        ...     "task.seq_len": 16, "train.steps": 2, "train.batch_size": 4,
+        ...     "train.eval_batch_size": 4})
         >>> _, rec = run_variant("joint", cfg, seed=0)
         >>> sorted(rec["crossing"])
         ['wk1', 'wk2', 'wo2']
@@ -227,14 +229,14 @@ class MemoryOrderExperiment(Experiment):
     config_class = MemoryOrderConfig
 
     def quick_config(self) -> MemoryOrderConfig:
-        """Small setting for tests (d 64, T 32, 60 steps, one seed)."""
+        """Small setting for tests (d 32, T 32, 60 steps of batch 16, one seed)."""
         return MemoryOrderConfig().override(
             {
-                "model.d_model": 64,
+                "model.d_model": 32,
                 "task.seq_len": 32,
                 "model.n_ctx": 32,
                 "train.steps": 60,
-                "train.batch_size": 32,
+                "train.batch_size": 16,
                 "train.eval_batch_size": 16,
                 "train.log_every": 10,
                 "seeds": (0,),

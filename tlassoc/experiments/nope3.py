@@ -304,10 +304,13 @@ def run_seed(cfg: NopeConfig, seed: int, progress: bool = False) -> tuple[Any, d
     """Train one seed and measure it next to the ideal construction.
 
     Example:
-        >>> cfg = Nope3Experiment().quick_config().set("train.steps", 2)
+        >>> cfg = Nope3Experiment().quick_config().override({"model.d_model": 16,
+        ...     "task.seq_len": 12, "train.steps": 2, "train.batch_size": 4,
+        ...     "train.eval_batch_size": 4, "eval_sequences": 4, "repeat_len": 5,
+        ...     "ideal_d_model": 68})
         >>> _, rec = run_seed(cfg, 0)
-        >>> sorted(rec)[:3]
-        ['crossing', 'history', 'ideal']
+        >>> sorted(rec)
+        ['acc_gap_to_ideal', 'crossing', 'history', 'ideal', 'train_seconds', 'trained']
     """
     from tlassoc.model import AssocTransformer
     from tlassoc.training import train

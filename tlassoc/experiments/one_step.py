@@ -229,7 +229,9 @@ def measure_one(
     """One-step training of one encoding and seed, and every number of the module docstring.
 
     Example:
-        >>> cfg = OneStepExperiment().quick_config()
+        >>> cfg = OneStepExperiment().quick_config().override({"model.d_model": 32,
+        ...     "task.seq_len": 16, "train.batch_size": 8, "n_batches": 1,
+        ...     "eval_sequences": 8, "n_random": 2})
         >>> _, rec = measure_one("relative", cfg, seed=0)
         >>> sorted(rec["alignment"])
         ['wk1', 'wk2', 'wo2']

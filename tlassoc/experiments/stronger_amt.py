@@ -13,7 +13,9 @@ its last-position logits, on one half of the prompts:
 * ``weighted``: ``α share + β_aj`` with a free ``β_aj`` for every query ``a`` and candidate ``j``
   (the stronger AMT);
 * ``from_weights``: no fit, the theory with both memories read off the model's weights
-  (:meth:`tlassoc.theory.TheoryParams.from_model`).
+  (:meth:`tlassoc.theory.TheoryParams.from_model`);
+* ``from_weights_ffn_copy``: the same with the copy path read through the feed-forward layer
+  (:func:`tlassoc.experiments.knowledge_hijack.copy_through_ffn`, a diagnostic).
 
 Logits and predictions are centred over the vocabulary per prompt (a softmax does not see a
 shift). The fits are ordinary least squares in closed form [ours]: for ``weighted``, ``β_a·`` is
@@ -46,10 +48,15 @@ from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
 from tlassoc.experiments import _kit
 from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
-from tlassoc.experiments.knowledge_hijack import hijack_model, hijack_task, hijack_train
+from tlassoc.experiments.knowledge_hijack import (
+    copy_through_ffn,
+    hijack_model,
+    hijack_task,
+    hijack_train,
+)
 
-#: The fitted forms, in report order.
-FITS = ("unweighted", "scalar", "weighted", "from_weights")
+#: The fitted forms, then the theory read off the weights without a fit, in report order.
+FITS = ("unweighted", "scalar", "weighted", "from_weights", "from_weights_ffn_copy")
 
 
 @dataclass
@@ -162,7 +169,7 @@ def amt_fits(
     logits: Float[Tensor, "prompt vocab"],
     share: Float[Tensor, "prompt vocab"],
     bigram: Float[Tensor, "prompt vocab"],
-    theory: Float[Tensor, "prompt vocab"],
+    theories: dict[str, Float[Tensor, "prompt vocab"]],
     queries: Int[Tensor, " prompt"],
     contrast: Int[Tensor, "prompt 2"],
     test: Tensor,
@@ -173,7 +180,8 @@ def amt_fits(
         logits: The model's last-position logits.
         share: In-context share ``share_a(j)`` per prompt.
         bigram: ``π_b(j | a)`` per prompt.
-        theory: The theory's ``ξ`` with memories read off the weights (not fitted).
+        theories: Name -> the theory's ``ξ`` with memories read off the weights (scored as they
+            are, not fitted).
         queries: The query token ``a`` of each prompt.
         contrast: ``(x, y)`` per prompt (the contrast of :func:`tlassoc.theory.compare`).
         test: Boolean mask of the held-out prompts.
@@ -183,7 +191,7 @@ def amt_fits(
         held-out prompts; plus ``gain_logits`` / ``gain_contrast`` (weighted minus unweighted)
         and the held-out contrasts for figures (``contrast_model`` and ``contrast_<form>``).
     """
-    L, S, P, X = (_center(t.double()) for t in (logits, share, bigram, theory))
+    L, S, P = (_center(t.double()) for t in (logits, share, bigram))
     fit = ~test
     d_vocab = L.shape[1]
     (c,) = _lstsq(L[fit], S[fit] + P[fit])
@@ -197,7 +205,7 @@ def amt_fits(
         "unweighted": c * (S[test] + P[test]),
         "scalar": a_s * S[test] + b_s * P[test],
         "weighted": weighted,
-        "from_weights": X[test],
+        **{name: _center(x.double())[test] for name, x in theories.items()},
     }
     rows = torch.arange(int(test.sum()))
     xy = contrast[test]
@@ -269,13 +277,16 @@ def fit_model(
     logits = model(tokens.to(next(model.parameters()).device))[:, -1].float().cpu()
     share = predict_logits(tokens, TheoryParams(torch.eye(V), torch.zeros(V, V)))
     pi = bigram.conditional[queries]
-    theory = predict_logits(tokens, TheoryParams.from_model(model))
+    theories = {
+        "from_weights": predict_logits(tokens, TheoryParams.from_model(model)),
+        "from_weights_ffn_copy": predict_logits(tokens, copy_through_ffn(model)),
+    }
     contrast = torch.tensor([p.contrast for p in prompts])
     gen = torch.Generator().manual_seed(seed + 2000)
     n_test = max(1, min(len(prompts) - 1, round(config.test_fraction * len(prompts))))
     test = torch.zeros(len(prompts), dtype=torch.bool)
     test[torch.randperm(len(prompts), generator=gen)[:n_test]] = True
-    fits = amt_fits(logits, share, pi, theory, queries, contrast, test)
+    fits = amt_fits(logits, share, pi, theories, queries, contrast, test)
     extras = {
         k: fits.pop(k) for k in list(fits) if k.startswith("contrast") or k.startswith("beta")
     }

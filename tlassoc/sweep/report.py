@@ -39,9 +39,6 @@ from tlassoc.experiments.framework import OPS, fmt, lookup, mean_interval
 from tlassoc.sweep.grid import SEEDS
 from tlassoc.sweep.runner import RESULTS_FILE, TRIAL_FILE, locked, read_json
 
-#: Columns of the trials table that are not swept settings or metrics.
-BASE_COLUMNS = ("trial", "status", "attempts", "seed", "seconds", "all_claims_hold", "error")
-
 
 def load_trials(out_dir: Any) -> list[dict[str, Any]]:
     """Every trial folder of a sweep: ``trial.json`` with its ``results.json`` as ``result``."""

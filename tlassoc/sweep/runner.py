@@ -75,8 +75,16 @@ def import_ray() -> Any:
     return ray
 
 
+#: Attempts at starting an embedded Ray (see :func:`start_ray`).
+START_ATTEMPTS = 3
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start an embedded Ray instance, or join the cluster at ``address``.
+
+    On a heavily loaded machine Ray's node can miss its own start-up deadline (its helper
+    processes import too slowly); an embedded start is then tried again, up to
+    :data:`START_ATTEMPTS` times in all (the second try finds the imports cached).
 
     Returns ``False`` (and does nothing) when Ray is already initialised in this process;
     ``True`` when this call started or joined one (the caller then calls ``ray.shutdown()``).
@@ -87,9 +95,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         ray.init(address=address, **quiet)
-    else:
-        # "local": a new instance even where a cluster runs on this machine or RAY_ADDRESS is set
-        ray.init("local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+        return True
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            # "local": a new instance even where a cluster runs here or RAY_ADDRESS is set
+            ray.init("local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+            return True
+        except Exception:  # Ray raises a bare Exception when its node misses its deadline
+            ray.shutdown()
+            if attempt == START_ATTEMPTS:
+                raise
     return True
 
 
@@ -207,20 +222,14 @@ def _records(experiment: Any, configs: list[Any], gpus: float) -> list[TrialReco
 
 
 def _check_options(cpus_per_trial: Any, gpus_per_trial: Any, max_retries: Any) -> None:
-    if (
-        isinstance(cpus_per_trial, bool)
-        or not isinstance(cpus_per_trial, int)
-        or cpus_per_trial < 1
+    for name, value, kinds, minimum in (
+        ("cpus_per_trial", cpus_per_trial, (int,), 1),
+        ("gpus_per_trial", gpus_per_trial, (int, float), 0),
+        ("max_retries", max_retries, (int,), 0),
     ):
-        raise ValueError(f"cpus_per_trial={cpus_per_trial!r}; expected an integer >= 1")
-    if (
-        isinstance(gpus_per_trial, bool)
-        or not isinstance(gpus_per_trial, (int, float))
-        or not (gpus_per_trial >= 0)
-    ):
-        raise ValueError(f"gpus_per_trial={gpus_per_trial!r}; expected a number >= 0")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries={max_retries!r}; expected an integer >= 0")
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+            kind = "an integer" if kinds == (int,) else "a number"
+            raise ValueError(f"{name}={value!r}; expected {kind} >= {minimum}")
 
 
 def run_trials(

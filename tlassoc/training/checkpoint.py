@@ -80,6 +80,12 @@ class DivergenceError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
+def _path(name: str, value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}={value!r}; expected a folder path")
+    return Path(value)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -239,7 +245,7 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from safetensors.torch import load as st_load
 
-    folder = Path(folder)
+    folder = _path("folder", folder)
     for name in _FILES:
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint file {folder / name} is missing")
@@ -345,7 +351,7 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     If ``checkpoints/latest.json`` is unreadable or names a missing or incomplete checkpoint,
     the newest complete checkpoint is used instead, with a warning.
     """
-    root = Path(out_dir) / CHECKPOINTS_DIR
+    root = _path("out_dir", out_dir) / CHECKPOINTS_DIR
     pointer = root / LATEST_FILE
     done = _complete_folders(root)
     if not pointer.is_file():

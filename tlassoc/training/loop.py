@@ -8,7 +8,13 @@ caller's ``evaluators`` (e.g. :func:`tlassoc.memory.probe_evaluator`) and, with 
 writes the records to ``out_dir/metrics.jsonl``. Every ``checkpoint_every`` steps it writes a
 checkpoint; ``resume=True`` continues from the last one and ends with the same bits as a run
 that was never interrupted. Ctrl-C finishes the current step, writes a checkpoint and re-raises
-``KeyboardInterrupt``.
+``KeyboardInterrupt`` (a second Ctrl-C stops at once; the last complete checkpoint stays valid).
+
+Safety (``docs/reliability.md``): the output folder is locked for the whole call; a NaN or
+infinite loss or weight stops the run with :class:`DivergenceError` naming the step, and no
+checkpoint of a non-finite state is ever written; a resume verifies the checkpoint's hashes,
+refuses changed settings unless ``accept_changes=True`` and refuses a ``metrics.jsonl`` that no
+longer matches the checkpoint.
 
 Example:
     >>> from tlassoc import AssocTransformer, presets
@@ -233,10 +239,15 @@ def _resume(state: _State, out: Path, config: TrainConfig, accept_changes: bool)
     folder = latest_checkpoint(out)
     if folder is None:
         warnings.warn(
-            f"resume=True, but {out} holds no checkpoint; starting from step 0", stacklevel=4
+            f"resume=True, but {out} holds no checkpoint; starting from step 0", stacklevel=3
         )
         return None
     ckpt = load_checkpoint(folder)
+    if ckpt["step"] > config.steps:
+        raise ValueError(
+            f"train.steps={config.steps}, but the checkpoint {folder.name} is at step "
+            f"{ckpt['step']}; expected steps >= the checkpoint's step"
+        )
     saved = {"model": ckpt["model"].cfg.to_dict(), "train": ckpt["train_config"]}
     requested = {"model": state.model.cfg.to_dict(), "train": config.to_dict()}
     changes = resume_differences(saved, requested)
@@ -464,11 +475,6 @@ def train(
             )
         if resume:
             _resume(state, out, config, accept_changes)
-        if state.step > config.steps:
-            raise ValueError(
-                f"train.steps={config.steps}, but the checkpoint is at step {state.step}; "
-                "expected steps >= the checkpoint's step"
-            )
         return run(out)
 
 
@@ -527,9 +533,17 @@ def _run(
             keep=config.keep_checkpoints, extra=extra,
         )  # fmt: skip
 
+    def due(step: int) -> bool:  # whether a metrics record belongs to this step
+        if config.log_every:
+            return step % config.log_every == 0 or step == config.steps
+        return step == config.steps
+
+    def logged(step: int) -> bool:
+        return bool(state.history) and state.history[-1].get("step") == step
+
     try:
         with _Interrupt() as interrupt:
-            if start == 0 and config.log_every and not state.history:
+            if start == 0 and config.log_every and not logged(0):
                 log()
             model.train()
             for step in range(start, config.steps):
@@ -545,23 +559,26 @@ def _run(
                 bar.set_postfix(loss=f"{loss:.3f}", icl_acc=f"{ema or 0.0:.2f}")
                 if callback is not None:
                     callback(state.step, model, loss)
-                done = state.step
-                if config.log_every and (done % config.log_every == 0 or done == config.steps):
+                if config.log_every and due(state.step):
                     log()
-                if (
-                    out is not None
-                    and config.checkpoint_every
-                    and done % config.checkpoint_every == 0
-                ):
-                    checkpoint()
+                if out is not None and config.checkpoint_every:
+                    if state.step % config.checkpoint_every == 0:
+                        checkpoint()
                 if interrupt.flag:
                     raise KeyboardInterrupt
-            if config.log_every == 0 and (state.step > start or not state.history):
+            if due(state.step) and not logged(state.step):
                 log()
             if out is not None:
                 checkpoint()
     except KeyboardInterrupt:
         if out is not None and consistent:
+            # the step's record may be missing (Ctrl-C inside log()): complete it first, so the
+            # checkpoint and metrics.jsonl describe the same steps
+            if due(state.step) and not logged(state.step):
+                log()
+            metrics = out / METRICS_FILE
+            if not metrics.is_file() or metrics.read_text() != metrics_text(state.history):
+                write_metrics(out, state.history)
             checkpoint()
         raise
     except DivergenceError as err:

@@ -148,6 +148,12 @@ class AttentionView:
     def __str__(self) -> str:
         return self.page()
 
+    def __repr__(self) -> str:
+        return (
+            f"AttentionView({len(self.tokens)} tokens, heads {', '.join(self.head_names)}; "
+            "str() is an offline HTML page)"
+        )
+
     def _repr_html_(self) -> str:
         return self.fragment()
 

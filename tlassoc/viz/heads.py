@@ -105,8 +105,9 @@ def plot_head_scores(
 def plot_patching(result: Any, *, title: str | None = None, ax: Any = None) -> Any:
     """Heatmap of a :class:`tlassoc.patching.PatchingResult`'s normalised effect.
 
-    ``[layer, head]`` results are drawn as :func:`plot_head_scores`; per-position results
-    ``[layer, pos, head]`` as one row per head (``"L.H"``) against position.
+    ``[layer, head]`` results are drawn as :func:`plot_head_scores` (colour scale [-1, 1]);
+    per-position results ``[layer, pos, head]`` as one row per head (``"L.H"``) against
+    position, on a colour scale symmetric around 0 up to the largest effect of one position.
 
     Returns:
         The matplotlib figure.
@@ -133,13 +134,16 @@ def plot_patching(result: Any, *, title: str | None = None, ax: Any = None) -> A
     L, P, H = effect.shape
     rows = effect.permute(0, 2, 1).reshape(L * H, P)
     fig, ax = _figure(ax, (min(14.0, 3 + 0.05 * P), max(2.0, 0.35 * L * H + 1.2)))
+    # one position carries a share of the effect: scale to the largest one, symmetric around 0
+    finite = rows[torch.isfinite(rows)].abs()
+    lim = float(finite.max()) if finite.numel() and float(finite.max()) > 0 else 1.0
     im = ax.imshow(
-        rows.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest"
+        rows.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest"
     )
     ax.set_yticks(range(L * H))
     ax.set_yticklabels([f"{ly}.{h}" for ly in range(L) for h in range(H)])
     ax.set_xlabel("position")
-    ax.set_ylabel("head")
+    ax.set_ylabel("head (layer.head)")
     ax.set_title(name)
     fig.colorbar(im, ax=ax, label="normalised effect")
     return fig

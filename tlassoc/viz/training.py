@@ -1,6 +1,7 @@
 """Matplotlib figures of training runs: per-position curves and probes over training.
 
-Uses the Agg backend when no display is available; every figure is written atomically as PNG.
+Figures are made without pyplot (its backend, e.g. a notebook's inline plots, is left alone) and
+written atomically as PNG.
 
 Example:
     >>> import tempfile, pathlib
@@ -47,17 +48,15 @@ def label(key: str) -> str:
     return LABELS.get(key, key)
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> tuple[Any, Any]:
+    """A figure and its axes (``Figure.subplots(**kwargs)``), made without pyplot: the figure is
+    only written to a file, and pyplot's backend and state (a notebook's inline plots) are left
+    alone."""
+    from matplotlib.figure import Figure
 
-    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in ("agg",):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # noqa: BLE001 - a backend already in use stays
-            pass
-    import matplotlib.pyplot as plt
-
-    return plt
+    size = kwargs.pop("figsize", None)
+    fig = Figure(figsize=size)
+    return fig, fig.subplots(**kwargs)
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
@@ -96,8 +95,7 @@ def plot_per_position(
         title: Figure title.
         smooth: Trailing moving-average window.
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = _figure(figsize=(7, 3.8))
     for name, values in curves.items():
         ax.plot(range(len(values)), _smooth(values, smooth), label=name, lw=1.2, clip_on=False)
     if train_len is not None:
@@ -107,10 +105,7 @@ def plot_per_position(
     ax.set_ylim(0, 1)  # accuracies: a fixed scale, never auto-zoomed onto a flat line
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_probes_over_training(
@@ -126,9 +121,8 @@ def plot_probes_over_training(
         keys: Record keys to draw (missing ones are skipped); the legend names them in the
             papers' notation (:data:`LABELS`).
     """
-    plt = _plt()
     n = max(1, len(histories))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 2.2, 3.6), squeeze=False, sharey=True)
+    fig, axes = _figure(nrows=1, ncols=n, figsize=(4.2 * n + 2.2, 3.6), squeeze=False, sharey=True)
     for ax, (name, hist) in zip(axes[0], histories.items(), strict=False):
         steps = [r["step"] for r in hist]
         for key in keys:
@@ -144,10 +138,7 @@ def plot_probes_over_training(
         axes[0][-1].legend(
             handles, names, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0
         )
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 __all__ = ["LABELS", "PROBE_KEYS", "label", "plot_per_position", "plot_probes_over_training"]
