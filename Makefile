@@ -19,7 +19,7 @@ export MPLBACKEND ?= Agg
 .venv-%/.installed: pyproject.toml constraints/%.txt
 	$(PYTHON) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install --quiet --upgrade pip
-	.venv-$*/bin/python -m pip install --quiet -c constraints/$*.txt -e ".[dev,notebook]"
+	.venv-$*/bin/python -m pip install --quiet -c constraints/$*.txt -e ".[dev,notebook,sweep]"
 	touch $@
 
 reproduce: .venv-tl4/.installed

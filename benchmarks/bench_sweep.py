@@ -88,6 +88,8 @@ def main() -> int:
     print(f"4 trials ({args.steps} steps each, both encodings) on {args.cpus} CPUs")
     print(f"one process ({threads} torch threads): {sequential:7.1f} s")
     print(f"sweep (embedded Ray, 1 CPU per trial): {swept:7.1f} s")
+    print(f"  each trial, one process: {[round(a.seconds, 1) for a in alone]} s")
+    print(f"  each trial, in the sweep: {[round(r.result.seconds, 1) for r in records]} s")
     print(f"Ray start-up (ray.init, not included above): {startup:.1f} s")
     print(f"ratio sweep / one process: {ratio:.2f} (target <= {TARGET})")
     return 0 if ratio <= TARGET else 1

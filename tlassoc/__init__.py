@@ -48,6 +48,7 @@ _SUBMODULES = (
     "presets",
     "pretrained",
     "recipes",
+    "sweep",
     "theory",
     "training",
     "viz",

@@ -21,6 +21,10 @@ token only if that token served as a trigger often enough in training, so for a 
 query the in-context path does not exist at all. The win rates over all queries are reported
 next to them.
 
+A diagnostic (not a claim) repeats the theory with the copy path read through the feed-forward
+layer (:func:`copy_through_ffn`): in trained models the feed-forward layer reads what the
+induction head writes and carries most of the copy into the logits.
+
 Example:
     >>> cfg = KnowledgeHijackConfig()
     >>> cfg.task.seq_len, cfg.model.n_ctx, cfg.model.ffn_type, cfg.train.loss_on
@@ -404,7 +408,7 @@ class KnowledgeHijackExperiment(Experiment):
                       "inside T_train (threshold ours; chance is about 1/65)."),
                 Claim(f"{lab}_share_effect", f"{enc}.share_effect", ">=", 0.1,
                       "A larger in-context share helps: b1 wins more often with share 2/3 than "
-                      "with 1/3 (difference >= 0.1, about one standard error of the ~50 prompts "
+                      "with 1/3 (difference >= 0.1, about one standard error with the ~55 prompts "
                       "per family; threshold ours)."),
                 Claim(f"{lab}_distance", f"{enc}.distance_effect", "abs<=", 0.15,
                       "Distance does not enter the theory: the win rate with the pairs near the "

@@ -9,6 +9,8 @@ measures, on held-out sequences:
   they come only from the other 17 ids (*unseen*, ``output_split="test"``), and the gap;
 * on the unseen targets, how often the model answers one of the seen output ids instead, and
   the accuracy a global-bigram guess (the top successor of the trigger) would reach;
+* at the queries of those targets, how often the induction head's attention argmax lands right
+  after an earlier occurrence of the trigger (where the output to copy sits);
 * the ``W_O²`` recall probe (the copy memory: a token's own logit is the largest in the full OV
   circuit of the induction head) over the seen and over the unseen ids. Unseen tokens are never
   copied during training, so this memory is written only for the seen ones unless the copy
@@ -36,7 +38,7 @@ from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
 from tlassoc.experiments import _kit
 from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
-from tlassoc.metrics import label_accuracy, masked_mean
+from tlassoc.metrics import induction_attention_accuracy, label_accuracy, masked_mean
 
 
 def _ood_model() -> AssocConfig:
@@ -110,12 +112,18 @@ class OODOutputsConfig(RunConfig):
 
 def _split_scores(model: Any, task: Any, n_train: int, size: int, seed: int) -> dict[str, Any]:
     batch = task.sample(seed=seed, batch_size=size)
-    logits = model(batch.tokens)
+    logits, cache = model.run_with_cache(
+        batch.tokens, names_filter=lambda n: n == "blocks.1.attn.hook_pattern"
+    )
     pred = logits.argmax(-1)
     ic = batch.labels >= 2
     top = torch.tensor([task.bigram.top_successor(i) for i in range(task.bigram.d_vocab)])
+    # The query of a label >= 2 target is the trigger before it: does layer 1 attend right after
+    # an earlier copy of it (the previous occurrence's output)?
+    pattern = cache["blocks.1.attn.hook_pattern"][:, 0]
     return {
         "acc_ge2": label_accuracy(logits, batch.targets, batch.labels, 2),
+        "induction_attention": induction_attention_accuracy(pattern, batch.tokens, ic),
         "answers_seen_id": masked_mean((pred < n_train).float(), ic),
         "bigram_guess_acc": masked_mean((top[batch.tokens] == batch.targets).float(), ic),
         "targets": int(ic.sum()),
@@ -281,6 +289,8 @@ def build_report(experiment: Any, result: Result) -> Report:
             rows += [
                 (f"in-context accuracy (label >= 2), {split} outputs", f"{enc}.{split}.acc_ge2"),
                 (f"answers a seen output id, {split} outputs", f"{enc}.{split}.answers_seen_id"),
+                (f"induction attention finds the output, {split} outputs",
+                 f"{enc}.{split}.induction_attention"),
                 (f"global-bigram guess accuracy, {split} outputs",
                  f"{enc}.{split}.bigram_guess_acc"),
                 (f"scored targets, {split} outputs", f"{enc}.{split}.targets"),
