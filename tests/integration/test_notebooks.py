@@ -77,3 +77,16 @@ def test_tutorial_reruns_with_the_same_key_numbers(path, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_readme_run_times_are_the_measured_ones():
+    """The README's tutorial table states the run time stored in each notebook's metadata."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| \[(\w+)\]\(tutorials/\w+\.ipynb\) \|.*\| (\d+) s \|$", readme, re.M)
+    assert rows, "the README has no tutorial table with run times"
+    for name, stated in rows:
+        nb = nbformat.read(ROOT / "tutorials" / f"{name}.ipynb", as_version=4)
+        measured = nb.metadata["tlassoc"]["run"]["seconds"]
+        assert abs(int(stated) - measured) <= 1, f"{name}: README {stated} s, measured {measured} s"
