@@ -245,10 +245,13 @@ def check_finished(out: Path, ref: Reference) -> None:
 
 
 def snapshot(out: Path) -> dict[str, tuple[str, int, int]]:
-    """Every file's hash, modification time and inode (lock files aside)."""
+    """Every file's hash, modification time and inode (lock files aside, including a temporary
+    copy of the lock's holder record that a kill can leave behind: it is not run state, and
+    the next run removes it)."""
     snap = {}
     for p in sorted(out.rglob("*")):
-        if p.is_file() and p.name not in (LOCK_FILE, LOCK_INFO_FILE):
+        lock_tmp = p.name.startswith(f".{LOCK_INFO_FILE}.") and p.name.endswith(".tmp")
+        if p.is_file() and p.name not in (LOCK_FILE, LOCK_INFO_FILE) and not lock_tmp:
             st = p.stat()
             snap[str(p.relative_to(out))] = (sha(p), st.st_mtime_ns, st.st_ino)
     return snap

@@ -360,6 +360,9 @@ def _plot(result: Result, path: Any) -> None:
     c = result.config
     variants = list(result.per_seed[0])
     fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
+    fig.suptitle(
+        "Recall probes over training (dots: crossings of the threshold; faint: other seeds)"
+    )
     for ax, v in zip(axes[0], variants, strict=True):
         for i, (key, name) in enumerate(PROBES.items()):
             if key not in result.per_seed[0][v]["history"][0]:
@@ -373,15 +376,19 @@ def _plot(result: Result, path: Any) -> None:
                 if step is not None:
                     ax.axvline(step, color=f"C{i}", ls=":", lw=0.8)
                     ax.plot([step], [c["threshold"]], marker="o", color=f"C{i}", ms=5)
+        title = "joint: every matrix from step 0"
         if v == "staged":
-            for step, _ in TrainConfig.staged(steps=c["train"]["steps"]).unfreeze[1:]:
-                ax.axvspan(step - 0.5, step + 0.5, color="gray", alpha=0.4)
+            stages = TrainConfig.staged(steps=c["train"]["steps"]).unfreeze[1:]
+            for (step, _), name in zip(stages, ("W_K²", "W_K¹"), strict=True):
+                ax.axvline(step, color="gray", lw=3, alpha=0.3)
+                ax.text(step + 5, 0.5, f"{name} released", rotation=90, fontsize=8, color="gray")
+            title = "staged: W_O², then W_K², then W_K¹"
         thr = c["threshold"]
         ax.axhline(thr, color="gray", ls="--", lw=1, label=f"threshold {thr:g}")
         ax.set_xlabel("training step")
         ax.set_ylabel("recall probe")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{v}: probes over training (dots: crossings; faint: other seeds)")
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
     save_png(fig, path)
 
