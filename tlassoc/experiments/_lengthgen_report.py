@@ -302,9 +302,11 @@ def _views(result: Result) -> dict[str, str]:
     c = result.config
     T = max(_lens(result))
     n_ctx = T * max(c["eval_multiples"])
-    tokens = tasks[T].sample(
-        seed=result.seeds[0] + 2000, batch_size=1, seq_len=min(c["html_len"], n_ctx)
-    ).tokens
+    tokens = (
+        tasks[T]
+        .sample(seed=result.seeds[0] + 2000, batch_size=1, seq_len=min(c["html_len"], n_ctx))
+        .tokens
+    )
     out = {}
     for enc in _encs(result):
         model = models.get(f"{enc}-T{T}-seed{result.seeds[0]}")
