@@ -157,6 +157,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="run every experiment into OUT/<name>/ and write an index OUT/report.md",
     )
+    r.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the seeds one after another in this process (default: each seed a trial on "
+        "a local Ray, in parallel over this machine's cores, resumable; needs tlassoc[sweep])",
+    )
+    r.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster for the seeds ('auto' or 'ray://HOST:PORT'; default: a "
+        "local Ray)",
+    )
     sw = _sweep_parsers(sub, argv)
     command, name = _command_and_name(argv)
     if command == "train" and name:
@@ -180,6 +192,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 _FLAGS_WITHOUT_VALUE = (
     "--quick",
     "--all",
+    "--in-process",
     "--resume",
     "--overwrite",
     "--accept-changes",
@@ -350,6 +363,39 @@ def _one_line_warnings() -> Iterator[None]:
         yield
 
 
+def _measure(exp: Any, config: Any, out: Path, args: argparse.Namespace) -> Any:
+    """The experiment's result: seeds in parallel on Ray unless ``--in-process``."""
+    from tlassoc.sweep import measure
+
+    return measure(
+        exp,
+        config,
+        out,
+        parallel=not args.in_process,
+        address=args.address,
+        progress=not args.no_progress,
+    )
+
+
+@contextlib.contextmanager
+def _ray_for_all(args: argparse.Namespace) -> Iterator[None]:
+    """One Ray instance for every experiment of ``--all`` (none with ``--in-process`` or
+    without Ray: the experiments then run here, one after another)."""
+    from tlassoc import sweep
+
+    started = False
+    if not args.in_process:
+        try:
+            started = sweep.start_ray(args.address)
+        except sweep.RayUnavailableError:
+            pass
+    try:
+        yield
+    finally:
+        if started:
+            sweep.import_ray().shutdown()
+
+
 def _reproduce_all(args: argparse.Namespace) -> int:
     from tlassoc import experiments
     from tlassoc.experiments.framework import write, write_index
@@ -360,18 +406,19 @@ def _reproduce_all(args: argparse.Namespace) -> int:
         )
     out = _writable_dir(args.out)
     entries = []
-    for name in experiments.names():
-        exp = experiments.get(name)
-        config = exp.quick_config() if args.quick else exp.default_config()
-        print(f"== {name}", flush=True)
-        try:
-            result = exp.measure(config, progress=not args.no_progress)
-        except Exception as err:  # noqa: BLE001 - one failing experiment must not stop the rest
-            entries.append((name, exp.description, None, f"{type(err).__name__}: {err}"))
-            print(f"{name}: failed: {type(err).__name__}: {err}", file=sys.stderr)
-            continue
-        write(exp, result, out / name)
-        entries.append((name, exp.description, result, ""))
+    with _one_line_warnings(), _ray_for_all(args):
+        for name in experiments.names():
+            exp = experiments.get(name)
+            config = exp.quick_config() if args.quick else exp.default_config()
+            print(f"== {name}", flush=True)
+            try:
+                result = _measure(exp, config, out / name, args)
+            except Exception as err:  # noqa: BLE001 - a failing experiment must not stop the rest
+                entries.append((name, exp.description, None, f"{type(err).__name__}: {err}"))
+                print(f"{name}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+                continue
+            write(exp, result, out / name)
+            entries.append((name, exp.description, result, ""))
     index = write_index(out, entries)
     failed = [e[0] for e in entries if e[2] is None]
     print(f"index: {index}" + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -388,7 +435,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     config = exp.quick_config() if args.quick else exp.default_config()
     config = _apply(config, getattr(args, "settings", None) or [])
     out = _writable_dir(args.out)
-    result = exp.measure(config, progress=not args.no_progress)
+    with _one_line_warnings():
+        result = _measure(exp, config, out, args)
     write(exp, result, out)
     outcomes = exp.evaluate_claims(result)
     for o in outcomes:

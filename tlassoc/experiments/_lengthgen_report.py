@@ -296,23 +296,30 @@ def _views(result: Result) -> dict[str, str]:
     from tlassoc.viz.attention import attention_html
 
     models = result.artifacts.get("models", {})
-    tasks = result.artifacts.get("tasks", {})
-    if not models or not tasks:
+    if not models:
         return {}
     c = result.config
     T = max(_lens(result))
+    task = result.artifacts.get("tasks", {}).get(T) or _task(result, T)
     n_ctx = T * max(c["eval_multiples"])
-    tokens = (
-        tasks[T]
-        .sample(seed=result.seeds[0] + 2000, batch_size=1, seq_len=min(c["html_len"], n_ctx))
-        .tokens
-    )
+    seq_len = min(c["html_len"], n_ctx)
+    tokens = task.sample(seed=result.seeds[0] + 2000, batch_size=1, seq_len=seq_len).tokens
     out = {}
     for enc in _encs(result):
         model = models.get(f"{enc}-T{T}-seed{result.seeds[0]}")
         if model is not None:
             out[f"attention_{enc}.html"] = str(attention_html(model, tokens[0]))
     return out
+
+
+def _task(result: Result, T: int) -> Any:
+    """The task at training length ``T``, rebuilt from the configuration (results measured on
+    Ray, or read back from disk, carry models but no task)."""
+    from tlassoc.data import make_task
+    from tlassoc.experiments.length_generalization import LengthGenConfig
+
+    config = LengthGenConfig.from_dict(result.config)
+    return make_task(config.task_config(T), config.train.batch_size, config.model.device)
 
 
 def build_report(experiment: Any, result: Result) -> Report:

@@ -123,6 +123,57 @@ def measure_seeds(experiment: Any, config: Any, out_dir: Any, **options: Any) ->
     return merged_result(records)
 
 
+def measure(
+    experiment: Any,
+    config: Any,
+    out_dir: Any,
+    *,
+    parallel: bool = True,
+    address: str | None = None,
+    progress: bool = True,
+) -> Result:
+    """What ``tlassoc reproduce`` measures: the seeds of ``config`` in parallel where that helps.
+
+    With several seeds, ``parallel`` and Ray installed, each seed is one trial on Ray
+    (:func:`measure_seeds`: one torch thread per trial, trials under ``out_dir/trials/``, so a
+    stopped run resumes where it left off); the per-seed numbers are those of measuring each
+    seed alone on one thread. Otherwise ``experiment.measure(config)`` runs in this process
+    (without Ray, with a one-line warning saying how to install it). ``seconds`` of the
+    returned result is the wall time of this call.
+
+    Example:
+        >>> from tlassoc.experiments import get
+        >>> exp = get("length_generalization")
+        >>> tiny = exp.quick_config().override({"train.steps": 2, "model.d_model": 16})
+        >>> import tempfile
+        >>> r = measure(exp, tiny, tempfile.mkdtemp(), progress=False)  # one seed: in process
+        >>> r.seeds
+        [0]
+    """
+    import time
+    import warnings
+
+    t0 = time.perf_counter()
+    seeds = getattr(config, "seeds", None) or ()
+    use_ray = parallel and len(seeds) > 1
+    if use_ray:
+        try:
+            import_ray()
+        except RayUnavailableError:
+            warnings.warn(
+                f"{RAY_HINT} to run the {len(seeds)} seeds in parallel; running them one after "
+                "another in this process",
+                stacklevel=2,
+            )
+            use_ray = False
+    if use_ray:
+        result = measure_seeds(experiment, config, out_dir, address=address, progress=progress)
+    else:
+        result = experiment.measure(config, progress=progress)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
 __all__ = [
     "RAY_HINT",
     "FolderLockedError",
@@ -131,6 +182,7 @@ __all__ = [
     "TrialRecord",
     "build_report",
     "expand",
+    "measure",
     "measure_seeds",
     "merged_result",
     "parse_grid",
