@@ -22,7 +22,7 @@ Sato) are data: see :meth:`LengthGenExperiment.claims`.
 Example:
     >>> cfg = LengthGenConfig()
     >>> cfg.train_lens, cfg.eval_lens(32), cfg.model_config("relative", 0, 32).d_model
-    ((16, 32), (32, 64, 128), 128)
+    ((16, 32), (32, 64, 128), 256)
 """
 
 from __future__ import annotations
