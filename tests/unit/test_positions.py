@@ -86,6 +86,24 @@ def test_fused_path_equals_hooked_path_and_hooks_fire(pos, scaled):
     assert fired == ["blocks.0.attn.hook_pattern"]
 
 
+@pytest.mark.parametrize(
+    ("pos", "extra"),
+    [("standard", {}), ("relative", {}), ("relative", {"relative_form": "bias"}),
+     ("alibi", {"n_heads": 2, "d_head": 16, "identity_query": False}), ("rotary", {})],
+)  # fmt: skip
+def test_fused_path_has_the_gradients_of_the_hooked_path(pos, extra):
+    tokens = _tokens(40)
+    grads = []
+    for fast in (True, False):
+        model = _model(pos, fast_attention=fast, length_scale_len=16, **extra).train()
+        loss = model(tokens, return_type="loss")
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-6), name
+
+
 def test_a_hook_that_edits_changes_the_output_on_the_training_path():
     model = _model("relative")
     model.train()

@@ -86,20 +86,38 @@ def _verdicts(result: Result, outcomes: list[ClaimOutcome]) -> list[str]:
             if not mine:
                 lines.append(_descriptive_line(result, enc, T))
                 continue
-            capacity = [o for o in mine if o.claim.name.startswith("capacity")]
-            ok = all(o.holds for o in capacity)
+            ok = all(o.holds for o in capacity_of(mine))
             lines.append(_verdict_line(enc, T, mine, ok))
     lines.append("")
-    effective = [o for o in outcomes if not o.claim.name.startswith("capacity")]
+    effective = [o for o in outcomes if o not in capacity_of(outcomes)]
     if all(o.holds for o in outcomes):
         lines.append("Every claim holds for every seed and training length.")
     else:
         failed = sum(not o.holds for o in effective)
+        under = [o.claim.name for o in capacity_of(outcomes) if not o.holds]
+        text = (
+            f"{failed} of {len(effective)} claims about the papers' statements do not hold for "
+            "every seed at these settings"
+        )
+        if under:
+            text += f"; under capacity: {', '.join(under)}"
         lines.append(
-            f"{failed} of {len(effective)} claims do not hold for every seed at these settings; "
-            "the numbers above are the measured ones (no setting was tuned to make a claim pass)."
+            text + "; the numbers above are the measured ones (no setting was tuned to make a "
+            "claim pass)."
         )
     return lines
+
+
+def _parallelism(env: dict[str, Any]) -> str:
+    threads = env.get("torch_threads")
+    if env.get("trials"):
+        return f"{env['trials']} trials on Ray, {threads} torch thread(s) each"
+    return f"one process, {threads} torch thread(s)"
+
+
+def capacity_of(outcomes: list[Any]) -> list[Any]:
+    """The outcomes of the capacity precondition claims."""
+    return [o for o in outcomes if o.claim.name.startswith("capacity")]
 
 
 def _setting(result: Result) -> list[str]:
@@ -122,8 +140,7 @@ def _setting(result: Result) -> list[str]:
         f"{t['lr']}, batch {t['batch_size']}, loss on {t['loss_on']}); {'; '.join(rules)}. "
         f"Encodings: {', '.join(_label(e) for e in c['encodings'])}. Seeds "
         f"{', '.join(map(str, result.seeds))}. Wall time {result.seconds:.0f} s on "
-        f"{env.get('machine')} with {env.get('cpu_count')} cores "
-        f"({env.get('torch_threads')} torch threads).",
+        f"{env.get('machine')} with {env.get('cpu_count')} cores ({_parallelism(env)}).",
         "",
     ]
 

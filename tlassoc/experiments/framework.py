@@ -146,6 +146,17 @@ class ClaimOutcome:
         }
 
 
+def _union(into: dict[str, Any], record: dict[str, Any], where: str) -> None:
+    """Merge ``record`` into ``into`` key by key; a leaf present in both is an error."""
+    for key, value in record.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _union(into[key], value, f"{where}: {key}")
+        else:
+            raise ValueError(f"{where}: {key!r} was measured by two parts; expected one")
+
+
 @dataclass
 class Result:
     """What :meth:`Experiment.measure` returns.
@@ -215,6 +226,45 @@ class Result:
         )
 
     @classmethod
+    def combine(cls, config: dict[str, Any], parts: list[Result]) -> Result:
+        """One result of ``config`` from the results of its parts (configurations that each
+        hold one value of the fields in :attr:`Experiment.parallel_fields`): each seed's record
+        is the union of the parts' records of that seed, nested dicts merged key by key (a key
+        measured by two parts is an error); seconds add up; artifacts are merged.
+
+        Example:
+            >>> a = Result("x", {"seeds": [0], "lens": [16]}, [0], [{"T16": {"v": 1.0}}])
+            >>> b = Result("x", {"seeds": [0], "lens": [32]}, [0], [{"T32": {"v": 2.0}}])
+            >>> whole = Result.combine({"seeds": [0], "lens": [16, 32]}, [a, b])
+            >>> whole.seeds, whole.per_seed
+            ([0], [{'T16': {'v': 1.0}, 'T32': {'v': 2.0}}])
+        """
+        if not parts:
+            raise ValueError("parts=[]; expected at least one result")
+        seeds = list(config.get("seeds") or dict.fromkeys(s for r in parts for s in r.seeds))
+        records: dict[int, dict[str, Any]] = {seed: {} for seed in seeds}
+        artifacts: dict[str, Any] = {}
+        for part in parts:
+            for seed, record in zip(part.seeds, part.per_seed, strict=True):
+                if seed not in records:
+                    raise ValueError(f"part of seed {seed}; expected seeds {seeds}")
+                _union(records[seed], record, f"seed {seed}")
+            for key, value in part.artifacts.items():
+                if isinstance(value, dict):
+                    artifacts.setdefault(key, {}).update(value)
+                else:
+                    artifacts.setdefault(key, value)
+        return cls(
+            parts[0].experiment,
+            config,
+            seeds,
+            [records[s] for s in seeds],
+            seconds=sum(r.seconds for r in parts),
+            environment=parts[0].environment,
+            artifacts=artifacts,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
         """A result read back from ``results.json`` (without artifacts)."""
         return cls(
@@ -261,6 +311,12 @@ class Experiment(ABC):
     description: ClassVar[str]
     #: The configuration class (a RunConfig subclass with the experiment's own fields).
     config_class: ClassVar[type]
+    #: Tuple-valued configuration fields whose values are measured independently of each
+    #: other, so that ``measure`` of the whole equals :meth:`Result.combine` of ``measure`` of
+    #: each single-valued part (the parts run in parallel in ``tlassoc reproduce``). Every
+    #: experiment's seeds are; an experiment whose per-seed record is keyed by another field's
+    #: values (length generalisation: ``record["T16"]["relative"]``) adds that field.
+    parallel_fields: ClassVar[tuple[str, ...]] = ("seeds",)
 
     def default_config(self) -> Any:
         """The configuration ``tlassoc reproduce NAME`` runs."""

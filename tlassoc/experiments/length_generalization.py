@@ -391,6 +391,8 @@ class LengthGenExperiment(Experiment):
     name = "length_generalization"
     description = "RPE vs APE (and ALiBi, RoPE): previous-token head and recall beyond T_train"
     config_class = LengthGenConfig
+    #: Each (seed, training length, encoding) trains and evaluates one model on its own.
+    parallel_fields = ("seeds", "train_lens", "encodings")
 
     def quick_config(self) -> LengthGenConfig:
         """Small setting for tests: one seed, T_train 16, relative and standard, 80 steps."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from tlassoc._io import atomic_write_json
 from tlassoc.experiments.framework import Result, jsonable
-from tlassoc.sweep.grid import Trial, expand, parse_grid, split_seeds, trial_id
+from tlassoc.sweep.grid import Trial, expand, parse_grid, split_parts, split_seeds, trial_id
 from tlassoc.sweep.report import build_report
 from tlassoc.sweep.runner import (
     RAY_HINT,
@@ -123,6 +123,26 @@ def measure_seeds(experiment: Any, config: Any, out_dir: Any, **options: Any) ->
     return merged_result(records)
 
 
+def measure_parts(experiment: Any, config: Any, out_dir: Any, **options: Any) -> Result:
+    """``experiment.measure(config)`` split into its independent parts
+    (:func:`~tlassoc.sweep.grid.split_parts`: every seed, and for some experiments every
+    training length and encoding), each part a trial (:func:`run_trials`, artifacts kept),
+    combined with :meth:`Result.combine` — the numbers are those of measuring the whole in
+    one process on ``cpus_per_trial`` torch threads. Small parts keep both cores busy where
+    whole seeds would leave one idle at the end.
+
+    ``options`` are :func:`run_trials`'s keyword arguments.
+    """
+    options.setdefault("keep_artifacts", True)
+    records = run_trials(experiment, split_parts(experiment, config), out_dir, **options)
+    missing = [f"{r.id} ({r.status}: {r.error})" for r in records if r.result is None]
+    if missing:
+        raise ValueError(f"trials {missing} did not finish; expected every trial done")
+    result = Result.combine(config.to_dict(), [r.result for r in records])  # type: ignore[misc]
+    result.environment = {**result.environment, "trials": len(records)}
+    return result
+
+
 def measure(
     experiment: Any,
     config: Any,
@@ -132,42 +152,42 @@ def measure(
     address: str | None = None,
     progress: bool = True,
 ) -> Result:
-    """What ``tlassoc reproduce`` measures: the seeds of ``config`` in parallel where that helps.
+    """What ``tlassoc reproduce`` measures: the parts of ``config`` in parallel where it helps.
 
-    With several seeds, ``parallel`` and Ray installed, each seed is one trial on Ray
-    (:func:`measure_seeds`: one torch thread per trial, trials under ``out_dir/trials/``, so a
-    stopped run resumes where it left off); the per-seed numbers are those of measuring each
-    seed alone on one thread. Otherwise ``experiment.measure(config)`` runs in this process
-    (without Ray, with a one-line warning saying how to install it). ``seconds`` of the
-    returned result is the wall time of this call.
+    With several parts (seeds, and the experiment's other ``parallel_fields``), ``parallel``
+    and Ray installed, each part is one trial on Ray (:func:`measure_parts`: one torch thread
+    per trial, trials under ``out_dir/trials/``, so a stopped run resumes where it left off);
+    the numbers are those of measuring the whole on one thread. Otherwise
+    ``experiment.measure(config)`` runs in this process (without Ray, with a one-line warning
+    saying how to install it). ``seconds`` of the returned result is the wall time of this
+    call.
 
     Example:
         >>> from tlassoc.experiments import get
         >>> exp = get("length_generalization")
         >>> tiny = exp.quick_config().override({"train.steps": 2, "model.d_model": 16})
         >>> import tempfile
-        >>> r = measure(exp, tiny, tempfile.mkdtemp(), progress=False)  # one seed: in process
-        >>> r.seeds
-        [0]
+        >>> r = measure(exp, tiny, tempfile.mkdtemp(), parallel=False, progress=False)
+        >>> r.seeds, sorted(r.per_seed[0]["T16"])
+        ([0], ['relative', 'standard'])
     """
     import time
     import warnings
 
     t0 = time.perf_counter()
-    seeds = getattr(config, "seeds", None) or ()
-    use_ray = parallel and len(seeds) > 1
+    use_ray = parallel and len(split_parts(experiment, config)) > 1
     if use_ray:
         try:
             import_ray()
         except RayUnavailableError:
             warnings.warn(
-                f"{RAY_HINT} to run the {len(seeds)} seeds in parallel; running them one after "
-                "another in this process",
+                f"{RAY_HINT} to run the seeds in parallel; running them one after another in "
+                "this process",
                 stacklevel=2,
             )
             use_ray = False
     if use_ray:
-        result = measure_seeds(experiment, config, out_dir, address=address, progress=progress)
+        result = measure_parts(experiment, config, out_dir, address=address, progress=progress)
     else:
         result = experiment.measure(config, progress=progress)
     result.seconds = time.perf_counter() - t0
@@ -183,11 +203,13 @@ __all__ = [
     "build_report",
     "expand",
     "measure",
+    "measure_parts",
     "measure_seeds",
     "merged_result",
     "parse_grid",
     "run_sweep",
     "run_trials",
+    "split_parts",
     "split_seeds",
     "start_ray",
     "trial_id",

@@ -141,4 +141,27 @@ def split_seeds(config: Any) -> list[Any]:
     return [config.set(SEEDS, (s,)) for s in seeds]
 
 
-__all__ = ["SEEDS", "Trial", "expand", "parse_grid", "split_seeds", "trial_id"]
+def split_parts(experiment: Any, config: Any) -> list[Any]:
+    """One configuration per combination of the values of ``experiment.parallel_fields``
+    (seeds outermost), each holding one value of every such field; ``Result.combine`` of their
+    results is the result of ``config``.
+
+    Example:
+        >>> from tlassoc.experiments import get
+        >>> exp = get("length_generalization")
+        >>> parts = split_parts(exp, exp.default_config().set("seeds", (0, 1)))
+        >>> len(parts), parts[1].seeds, parts[1].train_lens, parts[1].encodings
+        (12, (0,), (16,), ('relative_bias',))
+    """
+    fields = [f for f in getattr(experiment, "parallel_fields", (SEEDS,)) if hasattr(config, f)]
+    values = [tuple(getattr(config, f)) for f in fields]
+    parts = []
+    for combo in itertools.product(*values):
+        part = config
+        for name, value in zip(fields, combo, strict=True):
+            part = part.set(name, (value,))
+        parts.append(part)
+    return parts
+
+
+__all__ = ["SEEDS", "Trial", "expand", "parse_grid", "split_parts", "split_seeds", "trial_id"]

@@ -96,6 +96,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **quiet)
         return True
+    # an embedded Ray is private to this process: its notices (token authentication is on,
+    # ...) are not the user's business; errors still show
+    quiet["logging_level"] = logging.ERROR
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             # "local": a new instance even where a cluster runs here or RAY_ADDRESS is set
