@@ -251,8 +251,19 @@ def _duration(seconds: float) -> str:
 def _experiments() -> int:
     from tlassoc import experiments
 
+    times = experiments.measured_times()
+    measured = times.get("experiments", {})
+    print(f"{'experiment':22s} {'time here':>9s}  description")
     for name in experiments.names():
-        print(f"{name:24s} {experiments.get(name).description}")
+        t = measured.get(name)
+        when = _duration(t["seconds"]) if t else "not measured"
+        print(f"{name:22s} {when:>9s}  {experiments.get(name).description}")
+    if times.get("machine"):
+        total = times.get("total_seconds")
+        print(
+            f"\nDefault runs (`tlassoc reproduce NAME`) measured on {times['machine']} by "
+            f"{times['how']}" + (f"; all of them: {_duration(total)}" if total else "") + "."
+        )
     return 0
 
 

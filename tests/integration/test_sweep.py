@@ -232,7 +232,7 @@ def test_reproduce_without_ray_runs_the_seeds_here_and_says_so(tmp_path):
     warning = [line for line in done.stderr.splitlines() if "warning" in line]
     assert warning == [
         'tlassoc: warning: Ray is not installed; install it with: pip install "tlassoc[sweep]" '
-        "to run the seeds in parallel; running them one after another in this process"
+        "to run the 2 seeds in parallel; running them one after another in this process"
     ]
     assert json.loads((out / "results.json").read_text())["seeds"] == [0, 1]
     assert not (out / "trials").exists()

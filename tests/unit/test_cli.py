@@ -88,7 +88,28 @@ def test_recipes_and_experiments_are_listed(capsys):
     for name in recipes.names():
         assert name in out
     assert main(["experiments"]) == 0
-    assert "length_generalization" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "length_generalization" in out
+
+
+def test_listings_print_the_stored_measured_times(capsys):
+    """Every recipe and experiment has a measured time on record, and the listings print it."""
+    from tlassoc import experiments
+
+    rtimes, etimes = recipes.measured_times(), experiments.measured_times()
+    assert set(rtimes["recipes"]) == set(recipes.names())
+    assert set(etimes["experiments"]) == set(experiments.names())
+    assert main(["recipes"]) == 0
+    assert "not measured" not in capsys.readouterr().out
+    assert main(["experiments"]) == 0
+    out = capsys.readouterr().out
+    assert "not measured" not in out and etimes["machine"] in out
+    row = next(line for line in out.splitlines() if line.startswith("one_step"))
+    seconds = etimes["experiments"]["one_step"]["seconds"]
+    assert row.split()[1:3] in (
+        [f"{seconds:.0f}", "s"],
+        [f"{seconds / 60:.0f}", "min"],
+    )
 
 
 def test_train_and_resume_through_the_cli(tmp_path, capsys):

@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
+from importlib import resources
 from typing import Any
 
 #: name -> "module:class" of every experiment, in listing order.
@@ -50,4 +52,16 @@ def get(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["DEFAULT", "EXPERIMENTS", "get", "names"]
+def measured_times() -> dict[str, Any]:
+    """Wall times of every experiment's default run on the development machine
+    (``experiment_times.json``, written by ``benchmarks/time_experiments.py``):
+    ``{"machine": ..., "total_seconds": ..., "experiments": {name: {"seconds": s, ...}}}``;
+    empty if never measured."""
+    try:
+        text = resources.files("tlassoc").joinpath("data/experiment_times.json").read_text()
+    except (FileNotFoundError, OSError):
+        return {}
+    return json.loads(text)
+
+
+__all__ = ["DEFAULT", "EXPERIMENTS", "get", "measured_times", "names"]

@@ -154,10 +154,11 @@ def measure(
 ) -> Result:
     """What ``tlassoc reproduce`` measures: the parts of ``config`` in parallel where it helps.
 
-    With several parts (seeds, and the experiment's other ``parallel_fields``), ``parallel``
-    and Ray installed, each part is one trial on Ray (:func:`measure_parts`: one torch thread
-    per trial, trials under ``out_dir/trials/``, so a stopped run resumes where it left off);
-    the numbers are those of measuring the whole on one thread. Otherwise
+    With several seeds, ``parallel`` and Ray installed, each part (a seed, or a finer part
+    for experiments with other ``parallel_fields``) is one trial on Ray
+    (:func:`measure_parts`: one torch thread per trial, trials under ``out_dir/trials/``, so a
+    stopped run resumes where it left off); the numbers are those of measuring the whole on
+    one thread. Otherwise
     ``experiment.measure(config)`` runs in this process (without Ray, with a one-line warning
     saying how to install it). ``seconds`` of the returned result is the wall time of this
     call.
@@ -175,14 +176,15 @@ def measure(
     import warnings
 
     t0 = time.perf_counter()
-    use_ray = parallel and len(split_parts(experiment, config)) > 1
+    seeds = getattr(config, "seeds", None) or ()
+    use_ray = parallel and len(seeds) > 1  # one seed (the quick settings): not worth Ray's start
     if use_ray:
         try:
             import_ray()
         except RayUnavailableError:
             warnings.warn(
-                f"{RAY_HINT} to run the seeds in parallel; running them one after another in "
-                "this process",
+                f"{RAY_HINT} to run the {len(seeds)} seeds in parallel; running them one after "
+                "another in this process",
                 stacklevel=2,
             )
             use_ray = False
