@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _exp_helpers import check_written, run_quick
+from _exp_helpers import check_written, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.experiments.analogy import AnalogyConfig, evaluate_analogy
 
 
@@ -70,7 +69,5 @@ def test_measures_on_a_global_oracle():
     ],
 )
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, setting, fragment):
-    argv = ["reproduce", "analogy", "--out", str(tmp_path), "--set", setting]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = reproduce_error(capsys, tmp_path, "analogy", setting)
     assert fragment in err and len(err.splitlines()) == 1

@@ -4,9 +4,8 @@ ideal associative-memory model, finds what the theory says; bad settings fail in
 from __future__ import annotations
 
 import pytest
-from _exp_helpers import check_written, run_quick
+from _exp_helpers import check_written, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.data import BigramModel
 from tlassoc.experiments.knowledge_hijack import KnowledgeHijackConfig, evaluate_model
 from tlassoc.memory import ideal_model
@@ -47,9 +46,7 @@ def test_quick_run_writes_results_report_and_figures(quick):
     ],
 )
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, setting, fragment):
-    argv = ["reproduce", "knowledge_hijack", "--out", str(tmp_path), "--set", setting]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = reproduce_error(capsys, tmp_path, "knowledge_hijack", setting)
     assert fragment in err and len(err.splitlines()) == 1
     assert not (tmp_path / "results.json").exists()
 

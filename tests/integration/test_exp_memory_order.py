@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
+from _exp_helpers import check_config_errors, check_one_seed_files, reproduce_error, run_quick
 
-from tlassoc.cli import main
-from tlassoc.experiments import get
 from tlassoc.experiments.memory_order import MemoryOrderConfig, crossing_step, summarize
-
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exp = get("memory_order")
-        out = tmp_path_factory.mktemp("memory_order")
-        result = exp.run(exp.quick_config(), out_dir=out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    exp, _, result, out = run_quick("memory_order", tmp_path_factory.mktemp("memory_order"))
     return exp, result, out
 
 
@@ -36,13 +23,7 @@ def test_result_structure_and_written_files(run):
         assert set(rec[v]["gaps"]) == {"wk2_minus_wo2", "wk1_minus_wk2"}
         steps = [h["step"] for h in rec[v]["history"]]
         assert steps == list(range(0, 61, 10))
-    data = json.loads((out / "results.json").read_text())
-    assert data["experiment"] == "memory_order" and len(data["claims"]) == 4
-    for c in data["claims"]:
-        assert len(c["values"]) == 1 and isinstance(c["holds"], bool)
-    assert (out / "probes.png").read_bytes()[:8] == PNG
-    report = (out / "report.md").read_text()
-    assert report.index("## Verdict") < report.index("## Crossing steps")
+    check_one_seed_files(out, "memory_order", 4, ["probes.png"], "## Crossing steps")
     assert (out / "models" / "staged-seed0").is_dir()
 
 
@@ -72,15 +53,13 @@ def test_crossings_and_gaps():
 
 
 def test_bad_settings_give_one_line_errors(tmp_path, capsys):
-    for path, value, match in (
-        ("variants", ("joint", "bottom-up"), r"^variants=\('joint', 'bottom-up'\); expected"),
-        ("threshold", 0.0, r"^threshold=0.0; expected"),
-        ("train.log_every", 0, r"^train.log_every=0; expected"),
-        ("task.trigger_mode", "random", r"^task.trigger_mode='random'; expected"),
-    ):
-        with pytest.raises(ValueError, match=match) as err:
-            MemoryOrderConfig().set(path, value)
-        assert "\n" not in str(err.value)
-    code = main(["reproduce", "memory_order", "--out", str(tmp_path), "--set", "variants=x"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "variants=" in err
+    check_config_errors(
+        MemoryOrderConfig,
+        (
+            ("variants", ("joint", "bottom-up"), r"^variants=\('joint', 'bottom-up'\); expected"),
+            ("threshold", 0.0, r"^threshold=0.0; expected"),
+            ("train.log_every", 0, r"^train.log_every=0; expected"),
+            ("task.trigger_mode", "random", r"^task.trigger_mode='random'; expected"),
+        ),
+    )
+    assert "variants=" in reproduce_error(capsys, tmp_path, "memory_order", "variants=x")

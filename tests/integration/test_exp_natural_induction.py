@@ -3,13 +3,12 @@ simplified models."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from _exp_helpers import check_config_errors, check_one_seed_files, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.data.natural import (
     TEXT_VOCAB,
     TextTask,
@@ -18,7 +17,6 @@ from tlassoc.data.natural import (
     python_docs_text,
     text_tokenizer,
 )
-from tlassoc.experiments import get
 from tlassoc.experiments.natural_induction import (
     IDEAL_MODEL,
     TEXT_MODEL,
@@ -28,19 +26,12 @@ from tlassoc.experiments.natural_induction import (
     load_pretrained,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exp = get("natural_induction")
-        out = tmp_path_factory.mktemp("natural_induction")
-        result = exp.run(exp.quick_config(), out_dir=out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    exp, _, result, out = run_quick(
+        "natural_induction", tmp_path_factory.mktemp("natural_induction")
+    )
     return exp, result, out
 
 
@@ -53,14 +44,8 @@ def test_result_structure_and_written_files(run):
     assert len(text["patching"]["effect"]) == 2 and len(text["patching"]["effect"][0]) == 4
     assert text["top_patched_is_induction_head"] in (0.0, 1.0)
     assert result.environment["text"]["source"] == "python-docs"
-    data = json.loads((out / "results.json").read_text())
-    assert data["experiment"] == "natural_induction" and len(data["claims"]) == 3
-    for c in data["claims"]:
-        assert len(c["values"]) == 1 and isinstance(c["holds"], bool)
-    for name in ("head_scores.png", "patching.png", "loss_by_position.png"):
-        assert (out / name).read_bytes()[:8] == PNG
-    report = (out / "report.md").read_text()
-    assert report.index("## Verdict") < report.index("## Best heads per model")
+    figures = ["head_scores.png", "patching.png", "loss_by_position.png"]
+    check_one_seed_files(out, "natural_induction", 3, figures, "## Best heads per model")
     assert (out / "models" / f"{TEXT_MODEL}-seed0").is_dir()
 
 
@@ -105,22 +90,19 @@ def test_text_from_a_file(tmp_path):
 
 
 def test_bad_settings_give_one_line_errors(tmp_path, capsys, monkeypatch):
-    for path, value, match in (
-        ("text", " ", r"^text=' '; expected"),
-        ("simplified", ("nope-nope",), r"^simplified='nope-nope'; expected"),
-        ("held_out", 0.9, r"^held_out=0.9; expected"),
-        ("repeat_fraction", 1.5, r"^repeat_fraction=1.5; expected"),
-        ("model.d_vocab", 65, r"^model.d_vocab=65; expected 96"),
-    ):
-        with pytest.raises(ValueError, match=match) as err:
-            NaturalInductionConfig().set(path, value)
-        assert "\n" not in str(err.value)
-    missing = str(tmp_path / "missing.txt")
-    code = main(
-        ["reproduce", "natural_induction", "--out", str(tmp_path), "--set", f"text={missing}"]
+    check_config_errors(
+        NaturalInductionConfig,
+        (
+            ("text", " ", r"^text=' '; expected"),
+            ("simplified", ("nope-nope",), r"^simplified='nope-nope'; expected"),
+            ("held_out", 0.9, r"^held_out=0.9; expected"),
+            ("repeat_fraction", 1.5, r"^repeat_fraction=1.5; expected"),
+            ("model.d_vocab", 65, r"^model.d_vocab=65; expected 96"),
+        ),
     )
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "missing.txt" in err
+    missing = str(tmp_path / "missing.txt")
+    err = reproduce_error(capsys, tmp_path, "natural_induction", f"text={missing}")
+    assert "missing.txt" in err
     # a pretrained model that is not cached, offline: one ValueError before any training
     import tlassoc.pretrained as pretrained
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
+from _exp_helpers import check_config_errors, check_one_seed_files, reproduce_error, run_quick
 
-from tlassoc.cli import main
-from tlassoc.experiments import get
 from tlassoc.experiments.nope3 import (
     TASK_VOCAB,
     NopeConfig,
@@ -17,19 +13,10 @@ from tlassoc.experiments.nope3 import (
     repeated_blocks,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exp = get("nope3")
-        out = tmp_path_factory.mktemp("nope3")
-        result = exp.run(exp.quick_config(), out_dir=out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    exp, _, result, out = run_quick("nope3", tmp_path_factory.mktemp("nope3"))
     return exp, result, out
 
 
@@ -43,13 +30,8 @@ def test_result_structure_and_written_files(run):
     assert rec["history"][0]["step"] == 0 and rec["history"][-1]["step"] == 40
     assert "probe_wo2" in rec["history"][-1] and "prev_argmax_1" in rec["history"][-1]
     assert set(rec["crossing"]) == {"previous_token_layer1", "induction_layer2"}
-    data = json.loads((out / "results.json").read_text())
-    assert data["experiment"] == "nope3" and len(data["claims"]) == 5
-    for c in data["claims"]:
-        assert len(c["values"]) == 1 and isinstance(c["holds"], bool)
-    assert (out / "probes.png").read_bytes()[:8] == PNG
-    report = (out / "report.md").read_text()
-    assert report.index("## Verdict") < report.index("## Trained model and ideal construction")
+    first_table = "## Trained model and ideal construction"
+    check_one_seed_files(out, "nope3", 5, ["probes.png"], first_table)
     assert (out / "models" / "nope-seed0").is_dir()
 
 
@@ -82,16 +64,14 @@ def test_config_derives_vocab_and_rejects_bad_settings(tmp_path, capsys):
     cfg = NopeConfig().set("start_token", False)
     assert cfg.model.d_vocab == 65 and NopeConfig().model.d_vocab == 66
     assert NopeConfig().set("task.seq_len", 100).model.n_ctx == 101
-    for path, value, match in (
-        ("threshold", 1.5, r"^threshold=1.5; expected"),
-        ("seeds", (), r"^seeds=\(\); expected"),
-        ("repeat_len", 80, r"^repeat_len=80; expected"),
-        ("task.trigger_mode", "random", r"^task.trigger_mode='random'; expected"),
-    ):
-        with pytest.raises(ValueError, match=match) as err:
-            NopeConfig().set(path, value)
-        assert "\n" not in str(err.value)
-    code = main(["reproduce", "nope3", "--out", str(tmp_path), "--set", "threshold=2"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "threshold=2" in err
+    check_config_errors(
+        NopeConfig,
+        (
+            ("threshold", 1.5, r"^threshold=1.5; expected"),
+            ("seeds", (), r"^seeds=\(\); expected"),
+            ("repeat_len", 80, r"^repeat_len=80; expected"),
+            ("task.trigger_mode", "random", r"^task.trigger_mode='random'; expected"),
+        ),
+    )
+    assert "threshold=2" in reproduce_error(capsys, tmp_path, "nope3", "threshold=2")
     assert not (tmp_path / "results.json").exists()

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from _exp_helpers import check_config_errors, check_one_seed_files, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.config import TaskConfig
 from tlassoc.data import TriggerBatch, make_task
-from tlassoc.experiments import get
 from tlassoc.experiments.one_step import (
     OneStepConfig,
     context_blind_accuracy,
     frequency_rule_accuracy,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        exp = get("one_step")
-        out = tmp_path_factory.mktemp("one_step")
-        result = exp.run(exp.quick_config(), out_dir=out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    exp, _, result, out = run_quick("one_step", tmp_path_factory.mktemp("one_step"))
     return exp, result, out
 
 
@@ -42,13 +30,8 @@ def test_result_structure_and_written_files(run):
         assert len(rec[enc]["losses"]) == 4
         for key in ("acc_ge2", "acc_ge2_before", "context_blind_acc", "frequency_rule_acc"):
             assert 0.0 <= rec[enc][key] <= 1.0
-    data = json.loads((out / "results.json").read_text())
-    assert data["experiment"] == "one_step" and len(data["claims"]) == 14
-    for c in data["claims"]:
-        assert len(c["values"]) == 1 and isinstance(c["holds"], bool)
-    assert (out / "one_step.png").read_bytes()[:8] == PNG
-    report = (out / "report.md").read_text()
-    assert report.index("## Verdict") < report.index("## Alignment with the ideal memories")
+    first_table = "## Alignment with the ideal memories"
+    check_one_seed_files(out, "one_step", 14, ["one_step.png"], first_table)
 
 
 def test_one_step_stores_the_upper_memories_and_beats_chance(run):
@@ -84,14 +67,12 @@ def test_baselines_on_a_designed_batch():
 
 
 def test_bad_settings_give_one_line_errors(tmp_path, capsys):
-    for path, value, match in (
-        ("encodings", ("none",), r"^encodings=\('none',\); expected"),
-        ("step_sizes", (1.0, 2.0), r"^step_sizes=\(1.0, 2.0\); expected"),
-        ("n_batches", 0, r"^n_batches=0; expected"),
-    ):
-        with pytest.raises(ValueError, match=match) as err:
-            OneStepConfig().set(path, value)
-        assert "\n" not in str(err.value)
-    code = main(["reproduce", "one_step", "--out", str(tmp_path), "--set", "n_batches=-1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and "n_batches=-1" in err
+    check_config_errors(
+        OneStepConfig,
+        (
+            ("encodings", ("none",), r"^encodings=\('none',\); expected"),
+            ("step_sizes", (1.0, 2.0), r"^step_sizes=\(1.0, 2.0\); expected"),
+            ("n_batches", 0, r"^n_batches=0; expected"),
+        ),
+    )
+    assert "n_batches=-1" in reproduce_error(capsys, tmp_path, "one_step", "n_batches=-1")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _exp_helpers import check_written, run_quick
+from _exp_helpers import check_written, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.data import make_task
 from tlassoc.experiments.ood_outputs import OODOutputsConfig
 
@@ -53,7 +52,5 @@ def test_the_two_splits_never_share_an_output():
     ],
 )
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, setting, fragment):
-    argv = ["reproduce", "ood_outputs", "--out", str(tmp_path), "--set", setting]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = reproduce_error(capsys, tmp_path, "ood_outputs", setting)
     assert fragment in err and len(err.splitlines()) == 1

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _exp_helpers import check_written, run_quick
+from _exp_helpers import check_written, reproduce_error, run_quick
 
-from tlassoc.cli import main
 from tlassoc.data import BigramModel
 from tlassoc.experiments.stronger_amt import FITS, amt_fits, fit_model
 from tlassoc.memory import ideal_model
@@ -75,7 +74,5 @@ def test_fit_recovers_the_ideal_models_strengths(one_thread):
     ],
 )
 def test_bad_settings_fail_in_one_line(tmp_path, capsys, setting, fragment):
-    argv = ["reproduce", "stronger_amt", "--out", str(tmp_path), "--set", setting]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = reproduce_error(capsys, tmp_path, "stronger_amt", setting)
     assert fragment in err and len(err.splitlines()) == 1

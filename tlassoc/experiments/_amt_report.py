@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from tlassoc.experiments import _kit
-from tlassoc.experiments._plots import pyplot, save_png
-from tlassoc.experiments.framework import Report, Result, claims_table, mean_interval
+from tlassoc.experiments._plots import bar_positions, mean_bar, pyplot, save_png
+from tlassoc.experiments._report_kit import (
+    encoding_tables,
+    finish_report,
+    report_head,
+    setting_line,
+)
+from tlassoc.experiments.framework import Report, Result
 
 NAMES = {
     "unweighted": "unweighted AMT c·(share + π_b)",
@@ -17,31 +23,27 @@ NAMES = {
 }
 
 
-def _tables(result: Result) -> list[str]:
-    lines: list[str] = []
-    for enc in result.config["encodings"]:
-        rows = [
-            ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
-            ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
-            ("prompts fitted / held out: fitted", f"{enc}.n_fit"),
-            ("prompts fitted / held out: held out", f"{enc}.n_test"),
-        ]
-        for form, text in NAMES.items():
-            rows.append((f"R² logits, {text}", f"{enc}.{form}.r2_logits"))
-            rows.append((f"R² contrast, {text}", f"{enc}.{form}.r2_contrast"))
-        rows += [
-            ("gain of the weighting, R² logits", f"{enc}.gain_logits"),
-            ("gain of the weighting, R² contrast", f"{enc}.gain_contrast"),
-            ("unweighted scale c", f"{enc}.unweighted.scale"),
-            ("scalar fit: α", f"{enc}.scalar.alpha"),
-            ("scalar fit: β", f"{enc}.scalar.beta"),
-            ("weighted fit: α", f"{enc}.weighted.alpha"),
-            ("weighted fit: corr(β_aj, π_b(j|a))", f"{enc}.weighted.corr_bigram"),
-            ("weighted fit: corr(β_aj, log π_b(j|a))", f"{enc}.weighted.corr_log_bigram"),
-            ("training seconds", f"{enc}.train_seconds"),
-        ]
-        lines += [f"## {_kit.label(enc)}", ""] + _kit.seed_table(result, rows) + [""]
-    return lines
+def _rows(enc: str) -> list[tuple[str, str]]:
+    rows = [
+        ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
+        ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+        ("prompts fitted / held out: fitted", f"{enc}.n_fit"),
+        ("prompts fitted / held out: held out", f"{enc}.n_test"),
+    ]
+    for form, text in NAMES.items():
+        rows.append((f"R² logits, {text}", f"{enc}.{form}.r2_logits"))
+        rows.append((f"R² contrast, {text}", f"{enc}.{form}.r2_contrast"))
+    return rows + [
+        ("gain of the weighting, R² logits", f"{enc}.gain_logits"),
+        ("gain of the weighting, R² contrast", f"{enc}.gain_contrast"),
+        ("unweighted scale c", f"{enc}.unweighted.scale"),
+        ("scalar fit: α", f"{enc}.scalar.alpha"),
+        ("scalar fit: β", f"{enc}.scalar.beta"),
+        ("weighted fit: α", f"{enc}.weighted.alpha"),
+        ("weighted fit: corr(β_aj, π_b(j|a))", f"{enc}.weighted.corr_bigram"),
+        ("weighted fit: corr(β_aj, log π_b(j|a))", f"{enc}.weighted.corr_log_bigram"),
+        ("training seconds", f"{enc}.train_seconds"),
+    ]
 
 
 def _r2_figure(result: Result, path: Any) -> None:
@@ -54,14 +56,10 @@ def _r2_figure(result: Result, path: Any) -> None:
         (axes[1], "r2_contrast", "contrast logit(b1) − logit(y)"),
     ):
         for i, enc in enumerate(encs):
-            means, errs = [], []
-            for form in NAMES:
-                vals = [r[enc][form][key] for r in result.per_seed if r[enc][form][key] is not None]
-                m, _, hi = mean_interval(vals)
-                means.append(max(m, -1.0) if m == m else 0.0)
-                errs.append(0.0 if hi != hi else hi - m)
-            xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(len(NAMES))]
-            ax.bar(xs, means, width, yerr=errs, capsize=3, label=_kit.label(enc))
+            bars = [mean_bar([r[enc][form][key] for r in result.per_seed]) for form in NAMES]
+            xs = bar_positions(len(NAMES), i, len(encs), width)
+            ax.bar(xs, [max(m, -1.0) for m, _ in bars], width, yerr=[e for _, e in bars],
+                   capsize=3, label=_kit.label(enc))  # fmt: skip
         ticks = [
             "c(share+π_b)",
             "α share+β π_b",
@@ -110,29 +108,21 @@ def _fit_figure(result: Result, path: Any) -> None:
 
 def build_report(experiment: Any, result: Result) -> Report:
     """Markdown (verdicts, claims, tables), figures."""
-    outcomes = experiment.evaluate_claims(result)
     figures: dict[str, Any] = {"r2.png": lambda p: _r2_figure(result, p)}
     if result.artifacts.get("fits"):
         figures["fit.png"] = lambda p: _fit_figure(result, p)
     c = result.config
     pool = result.per_seed[0].get("scored_queries", [])
-    lines = [
-        "# The stronger associative-memory transformer fitted to a trained model",
-        "",
-        _kit.setting_line(
-            result,
-            f"Designed prompts inside T_train ({c['n_prompts']} drawn per model, length "
-            f"{c['prompt_len']}; kept: the {len(pool)} queries that are triggers in at least "
-            f"{c['min_trigger_rate']:g} of the training sequences); least-squares fits on "
-            f"{1 - c['test_fraction']:g} of them, R² on the rest.",
-        ),
-        "",
-    ]
-    lines += _kit.verdict_lines(outcomes)
-    lines += ["## Claims", "", claims_table(outcomes), ""]
-    lines += _tables(result)
-    lines += _kit.figure_list(figures)
-    return Report("\n".join(lines), figures)
+    setting = setting_line(
+        result,
+        f"Designed prompts inside T_train ({c['n_prompts']} drawn per model, length "
+        f"{c['prompt_len']}; kept: the {len(pool)} queries that are triggers in at least "
+        f"{c['min_trigger_rate']:g} of the training sequences); least-squares fits on "
+        f"{1 - c['test_fraction']:g} of them, R² on the rest.",
+    )
+    title = "The stronger associative-memory transformer fitted to a trained model"
+    lines = report_head(experiment, result, title, setting) + encoding_tables(result, _rows)
+    return finish_report(lines, figures)
 
 
 __all__ = ["build_report"]

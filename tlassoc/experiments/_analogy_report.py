@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from tlassoc.experiments import _kit
-from tlassoc.experiments._plots import pyplot, save_png
-from tlassoc.experiments.framework import Report, Result, claims_table, mean_interval
+from tlassoc.experiments._plots import bar_positions, mean_bar, pyplot, save_png
+from tlassoc.experiments._report_kit import (
+    encoding_tables,
+    finish_report,
+    report_head,
+    seed_table,
+    setting_line,
+)
+from tlassoc.experiments.framework import Report, Result
 
 WHERE = (
     ("inside", "inside T_train"),
@@ -15,32 +22,33 @@ WHERE = (
 )
 
 
-def _tables(result: Result) -> list[str]:
-    lines: list[str] = []
-    for enc in result.config["encodings"]:
-        rows = [
-            ("training: accuracy on remapped capitals (label >= 2)", f"{enc}.final.acc_ge2"),
-            ("training: loss on global pairs", f"{enc}.final.loss_global"),
-            ("training: previous-token argmax accuracy", f"{enc}.final.prev_token_acc"),
-        ]
-        for key, text in WHERE:
-            rows += [
-                (f"global recall, {text}", f"{enc}.{key}.global_recall"),
-                (f"in-context override, {text}", f"{enc}.{key}.override"),
-                (f"override targets answered with the true country, {text}",
-                 f"{enc}.{key}.override_says_true_country"),
-                (f"first occurrence answered with the true country, {text}",
-                 f"{enc}.{key}.first_says_true_country"),
-            ]  # fmt: skip
+def _rows(enc: str) -> list[tuple[str, str]]:
+    rows = [
+        ("training: accuracy on remapped capitals (label >= 2)", f"{enc}.final.acc_ge2"),
+        ("training: loss on global pairs", f"{enc}.final.loss_global"),
+        ("training: previous-token argmax accuracy", f"{enc}.final.prev_token_acc"),
+    ]
+    for key, text in WHERE:
         rows += [
-            ("override drop (inside - beyond)", f"{enc}.override_drop"),
-            ("global-recall drop (inside - beyond)", f"{enc}.global_drop"),
-            ("training seconds", f"{enc}.train_seconds"),
-        ]
-        lines += [f"## {_kit.label(enc)}", ""] + _kit.seed_table(result, rows) + [""]
+            (f"global recall, {text}", f"{enc}.{key}.global_recall"),
+            (f"in-context override, {text}", f"{enc}.{key}.override"),
+            (f"override targets answered with the true country, {text}",
+             f"{enc}.{key}.override_says_true_country"),
+            (f"first occurrence answered with the true country, {text}",
+             f"{enc}.{key}.first_says_true_country"),
+        ]  # fmt: skip
+    return rows + [
+        ("override drop (inside - beyond)", f"{enc}.override_drop"),
+        ("global-recall drop (inside - beyond)", f"{enc}.global_drop"),
+        ("training seconds", f"{enc}.train_seconds"),
+    ]
+
+
+def _tables(result: Result) -> list[str]:
+    lines = encoding_tables(result, _rows)
     if "rpe_minus_ape_beyond" in result.per_seed[0]:
         lines += ["## RPE against APE", ""]
-        lines += _kit.seed_table(
+        lines += seed_table(
             result, [("override beyond T_train, RPE - APE", "rpe_minus_ape_beyond")]
         )
         lines.append("")
@@ -57,14 +65,11 @@ def _bars(result: Result, path: Any) -> None:
         (axes[1], "override", "In-context override (remapped country)"),
     ):
         for i, enc in enumerate(encs):
-            means, errs = [], []
-            for key, _ in WHERE[:2]:
-                vals = [r[enc][key][metric] for r in result.per_seed]
-                m, _, hi = mean_interval([v for v in vals if v is not None])
-                means.append(m if m == m else 0.0)
-                errs.append(0.0 if hi != hi else hi - m)
-            xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(2)]
-            ax.bar(xs, means, width, yerr=errs, capsize=3, label=_kit.label(enc))
+            bars = [
+                mean_bar([r[enc][key][metric] for r in result.per_seed]) for key, _ in WHERE[:2]
+            ]
+            ax.bar(bar_positions(2, i, len(encs), width), [m for m, _ in bars], width,
+                   yerr=[e for _, e in bars], capsize=3, label=_kit.label(enc))  # fmt: skip
         ax.set_xticks(range(2), ["inside T_train", "beyond T_train"])
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
@@ -105,30 +110,21 @@ def _positions(result: Result, path: Any) -> None:
 
 def build_report(experiment: Any, result: Result) -> Report:
     """Markdown (verdicts, claims, tables), figures."""
-    outcomes = experiment.evaluate_claims(result)
     figures: dict[str, Any] = {
         "accuracy.png": lambda p: _bars(result, p),
         "by_position.png": lambda p: _positions(result, p),
     }
     c = result.config
     T, n = c["task"]["seq_len"], c["eval_multiple"] * c["task"]["seq_len"]
-    lines = [
-        "# Analogy: capital-country pairs, global against in-context",
-        "",
-        _kit.setting_line(
-            result,
-            f"Capital-country task: {c['task']['n_triggers']} remapped capitals per sequence, a "
-            f"pair slot holds one with probability {c['p_trigger']:g}; {c['eval_sequences']} "
-            f"evaluation sequences of {T} tokens (inside) and of {n} tokens whose remapped "
-            f"capitals all come after a prefix of {n - T} tokens of global pairs (beyond).",
-        ),
-        "",
-    ]
-    lines += _kit.verdict_lines(outcomes)
-    lines += ["## Claims", "", claims_table(outcomes), ""]
-    lines += _tables(result)
-    lines += _kit.figure_list(figures)
-    return Report("\n".join(lines), figures)
+    setting = setting_line(
+        result,
+        f"Capital-country task: {c['task']['n_triggers']} remapped capitals per sequence, a "
+        f"pair slot holds one with probability {c['p_trigger']:g}; {c['eval_sequences']} "
+        f"evaluation sequences of {T} tokens (inside) and of {n} tokens whose remapped "
+        f"capitals all come after a prefix of {n - T} tokens of global pairs (beyond).",
+    )
+    title = "Analogy: capital-country pairs, global against in-context"
+    return finish_report(report_head(experiment, result, title, setting) + _tables(result), figures)
 
 
 __all__ = ["build_report"]

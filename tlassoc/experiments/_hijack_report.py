@@ -5,60 +5,60 @@ from __future__ import annotations
 from typing import Any
 
 from tlassoc.experiments import _kit
-from tlassoc.experiments._plots import pyplot, save_png
-from tlassoc.experiments.framework import Report, Result, claims_table, fmt, mean_interval
+from tlassoc.experiments._plots import bar_positions, mean_bar, pyplot, save_png
+from tlassoc.experiments._report_kit import (
+    encoding_tables,
+    finish_report,
+    report_head,
+    setting_line,
+)
+from tlassoc.experiments.framework import Report, Result, fmt, mean_interval
 
 PLACEMENTS = (("near", "near the end"), ("far", "near the start"), ("beyond", "beyond T_train"))
 
 
-def _tables(result: Result) -> list[str]:
-    lines: list[str] = []
-    for enc in result.config["encodings"]:
-        lab = _kit.label(enc)
-        rows = [
-            ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
-            ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
-            ("previous-token argmax accuracy", f"{enc}.final.prev_token_acc"),
-            ("scored prompts", f"{enc}.n_prompts"),
-        ]
-        for key, text in PLACEMENTS:
-            rows.append((f"context wins, pairs {text}", f"{enc}.context_wins.{key}"))
-            rows.append((f"theory predicts a win, {text}", f"{enc}.predicted_wins.{key}"))
-            rows.append((f"argmax = global top bigram, {text}", f"{enc}.falls_back.{key}"))
-        rows += [
-            ("context wins inside T_train (near + far)", f"{enc}.context_wins.within"),
-            ("drop inside -> beyond T_train", f"{enc}.beyond_drop"),
-            ("b1 wins with share 2/3", f"{enc}.share.two_thirds"),
-            ("b1 wins with share 1/3", f"{enc}.share.one_third"),
-            ("share effect (2/3 - 1/3)", f"{enc}.share_effect"),
-            ("distance effect (near - far)", f"{enc}.distance_effect"),
-            ("wins with 1 / 2 / 3 repeats: 1", f"{enc}.repeats.1"),
-            ("wins with 1 / 2 / 3 repeats: 2", f"{enc}.repeats.2"),
-            ("wins with 1 / 2 / 3 repeats: 3", f"{enc}.repeats.3"),
-            ("theory correlation inside T_train", f"{enc}.theory.within.correlation"),
-            ("theory argmax agreement inside T_train", f"{enc}.theory.within.agreement"),
-            ("theory correlation beyond T_train", f"{enc}.theory.beyond.correlation"),
-            ("theory argmax agreement beyond T_train", f"{enc}.theory.beyond.agreement"),
-            (
-                "diagnostic: theory with the copy read through the feed-forward layer, "
-                "correlation inside",
-                f"{enc}.theory_ffn_copy.within.correlation",
-            ),
-            (
-                "diagnostic: the same, argmax agreement inside",
-                f"{enc}.theory_ffn_copy.within.agreement",
-            ),
-            (
-                "diagnostic: the same, predicts a win inside",
-                f"{enc}.theory_ffn_copy.predicted_wins_within",
-            ),
-            ("context wins inside, all queries", f"{enc}.all_queries.context_wins"),
-            ("context wins inside, unscored queries", f"{enc}.unscored_queries.context_wins"),
-            ("training seconds", f"{enc}.train_seconds"),
-        ]
-        lines += [f"## {lab}", ""] + _kit.seed_table(result, rows) + [""]
-    lines += _family_table(result)
-    return lines
+def _rows(enc: str) -> list[tuple[str, str]]:
+    rows = [
+        ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
+        ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+        ("previous-token argmax accuracy", f"{enc}.final.prev_token_acc"),
+        ("scored prompts", f"{enc}.n_prompts"),
+    ]
+    for key, text in PLACEMENTS:
+        rows.append((f"context wins, pairs {text}", f"{enc}.context_wins.{key}"))
+        rows.append((f"theory predicts a win, {text}", f"{enc}.predicted_wins.{key}"))
+        rows.append((f"argmax = global top bigram, {text}", f"{enc}.falls_back.{key}"))
+    return rows + [
+        ("context wins inside T_train (near + far)", f"{enc}.context_wins.within"),
+        ("drop inside -> beyond T_train", f"{enc}.beyond_drop"),
+        ("b1 wins with share 2/3", f"{enc}.share.two_thirds"),
+        ("b1 wins with share 1/3", f"{enc}.share.one_third"),
+        ("share effect (2/3 - 1/3)", f"{enc}.share_effect"),
+        ("distance effect (near - far)", f"{enc}.distance_effect"),
+        ("wins with 1 / 2 / 3 repeats: 1", f"{enc}.repeats.1"),
+        ("wins with 1 / 2 / 3 repeats: 2", f"{enc}.repeats.2"),
+        ("wins with 1 / 2 / 3 repeats: 3", f"{enc}.repeats.3"),
+        ("theory correlation inside T_train", f"{enc}.theory.within.correlation"),
+        ("theory argmax agreement inside T_train", f"{enc}.theory.within.agreement"),
+        ("theory correlation beyond T_train", f"{enc}.theory.beyond.correlation"),
+        ("theory argmax agreement beyond T_train", f"{enc}.theory.beyond.agreement"),
+        (
+            "diagnostic: theory with the copy read through the feed-forward layer, "
+            "correlation inside",
+            f"{enc}.theory_ffn_copy.within.correlation",
+        ),
+        (
+            "diagnostic: the same, argmax agreement inside",
+            f"{enc}.theory_ffn_copy.within.agreement",
+        ),
+        (
+            "diagnostic: the same, predicts a win inside",
+            f"{enc}.theory_ffn_copy.predicted_wins_within",
+        ),
+        ("context wins inside, all queries", f"{enc}.all_queries.context_wins"),
+        ("context wins inside, unscored queries", f"{enc}.unscored_queries.context_wins"),
+        ("training seconds", f"{enc}.train_seconds"),
+    ]
 
 
 def _family_table(result: Result) -> list[str]:
@@ -94,22 +94,23 @@ def _family_table(result: Result) -> list[str]:
     return lines + [""]
 
 
+def _values(result: Result, enc: str, what: str, key: str) -> list[Any]:
+    return [r[enc][what][key] for r in result.per_seed]
+
+
 def _wins_figure(result: Result, path: Any) -> None:
     plt = pyplot()
     encs = result.config["encodings"]
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(encs))
     for i, enc in enumerate(encs):
-        means, errs, preds = [], [], []
-        for key, _ in PLACEMENTS:
-            vals = [r[enc]["context_wins"][key] for r in result.per_seed]
-            m, lo, hi = mean_interval([v for v in vals if v is not None])
-            means.append(m)
-            errs.append(0.0 if hi != hi else hi - m)
-            pv = [r[enc]["predicted_wins"][key] for r in result.per_seed]
-            preds.append(mean_interval([v for v in pv if v is not None])[0])
-        xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(len(PLACEMENTS))]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"{_kit.label(enc)}: model")
+        bars = [mean_bar(_values(result, enc, "context_wins", key)) for key, _ in PLACEMENTS]
+        preds = [
+            mean_interval(_values(result, enc, "predicted_wins", key))[0] for key, _ in PLACEMENTS
+        ]
+        xs = bar_positions(len(PLACEMENTS), i, len(encs), width)
+        ax.bar(xs, [m for m, _ in bars], width, yerr=[e for _, e in bars], capsize=3,
+               label=f"{_kit.label(enc)}: model")  # fmt: skip
         ax.scatter(xs, preds, color="k", marker="_", s=300, zorder=3,
                    label="theory ξ (weights)" if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(len(PLACEMENTS)), [f"pairs {t}" for _, t in PLACEMENTS])
@@ -167,7 +168,6 @@ def _theory_figure(result: Result, path: Any) -> None:
 
 def build_report(experiment: Any, result: Result) -> Report:
     """Markdown (verdicts, claims, tables), figures."""
-    outcomes = experiment.evaluate_claims(result)
     figures: dict[str, Any] = {
         "context_wins.png": lambda p: _wins_figure(result, p),
         "families.png": lambda p: _families_figure(result, p),
@@ -176,22 +176,16 @@ def build_report(experiment: Any, result: Result) -> Report:
         figures["theory_vs_model.png"] = lambda p: _theory_figure(result, p)
     pool = result.per_seed[0].get("scored_queries", [])
     c = result.config
-    lines = [
-        "# Knowledge hijack: in-context pairs against the global bigram",
-        "",
-        _kit.setting_line(
-            result,
-            f"Designed prompts ({c['n_prompts']} drawn per model, length {c['prompt_len']}, "
-            f"or T_train + {c['prompt_len']} beyond T_train); scored: the {len(pool)} queries "
-            f"that are triggers in at least {c['min_trigger_rate']:g} of the training sequences.",
-        ),
-        "",
-    ]
-    lines += _kit.verdict_lines(outcomes)
-    lines += ["## Claims", "", claims_table(outcomes), ""]
-    lines += _tables(result)
-    lines += _kit.figure_list(figures)
-    return Report("\n".join(lines), figures)
+    setting = setting_line(
+        result,
+        f"Designed prompts ({c['n_prompts']} drawn per model, length {c['prompt_len']}, "
+        f"or T_train + {c['prompt_len']} beyond T_train); scored: the {len(pool)} queries "
+        f"that are triggers in at least {c['min_trigger_rate']:g} of the training sequences.",
+    )
+    title = "Knowledge hijack: in-context pairs against the global bigram"
+    lines = report_head(experiment, result, title, setting)
+    lines += encoding_tables(result, _rows) + _family_table(result)
+    return finish_report(lines, figures)
 
 
 __all__ = ["build_report"]

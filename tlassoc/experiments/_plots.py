@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from tlassoc._io import atomic_write_bytes
+from tlassoc.experiments.framework import mean_interval
 
 
 def pyplot() -> Any:
@@ -44,4 +46,27 @@ def save_png(fig: Any, path: Any) -> None:
         plt.close(fig)
 
 
-__all__ = ["pyplot", "save_png"]
+def mean_bar(values: Sequence[float | None]) -> tuple[float, float]:
+    """Height and upper error of a bar over seeds (``None`` dropped): the mean (0 when there is
+    none) and the distance to the top of its 95 % interval (0 when undefined).
+
+    Example:
+        >>> mean_bar([None]), mean_bar([0.5])
+        ((0.0, 0.0), (0.5, 0.0))
+    """
+    m, _, hi = mean_interval([v for v in values if v is not None])
+    return (m if m == m else 0.0), (0.0 if hi != hi else hi - m)
+
+
+def bar_positions(n_groups: int, series: int, n_series: int, width: float) -> list[float]:
+    """x of the bars of series ``series`` (of ``n_series`` side by side, ``width`` each) in
+    groups centred on ``0 .. n_groups - 1``.
+
+    Example:
+        >>> bar_positions(2, 0, 2, 0.4)
+        [-0.2, 0.8]
+    """
+    return [k + (series - (n_series - 1) / 2) * width for k in range(n_groups)]
+
+
+__all__ = ["bar_positions", "mean_bar", "pyplot", "save_png"]

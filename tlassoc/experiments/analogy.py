@@ -40,7 +40,7 @@ from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.experiments import _kit
-from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result
 from tlassoc.metrics import masked_accuracy, masked_mean
 
 #: Vocabulary of the shipped capital-world pairs (116 capitals and their countries).
@@ -105,10 +105,7 @@ class AnalogyConfig(RunConfig):
 
     def __post_init__(self) -> None:
         _kit.check_runs(self.encodings, self.seeds)
-        p = self.p_trigger
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise ValueError(f"p_trigger={p!r}; expected a probability in (0, 1]")
-        self.p_trigger = float(p)
+        self.p_trigger = _kit.check_number("p_trigger", self.p_trigger, "(0, 1]", "a probability")
         check_int("eval_sequences", self.eval_sequences, minimum=1)
         check_int("eval_multiple", self.eval_multiple, minimum=2)
         if isinstance(self.task, TaskConfig):
@@ -124,12 +121,8 @@ class AnalogyConfig(RunConfig):
                     f"model.d_vocab={self.model.d_vocab}; expected {ANALOGY_VOCAB} (the 116 "
                     "capitals and their countries)"
                 )
-            if self.model.ffn_type is None:
-                raise ValueError("model.ffn_type=None; expected 'linear' or 'relu' (the global "
-                                 "pairs are stored in the feed-forward layer)")  # fmt: skip
-            n_ctx = self.eval_multiple * self.task.seq_len
-            if self.model.n_ctx != n_ctx:
-                self.model = self.model.replace(n_ctx=n_ctx)
+            _kit.check_ffn(self.model, "the global pairs are stored in the feed-forward layer")
+            self.model = _kit.with_n_ctx(self.model, self.eval_multiple * self.task.seq_len)
         super().__post_init__()
 
     def make_task(self, batch_size: int | None = None) -> Any:
@@ -227,32 +220,22 @@ class AnalogyExperiment(Experiment):
         )
 
     def measure(self, config: AnalogyConfig, progress: bool = True) -> Result:
-        if not isinstance(config, AnalogyConfig):
-            raise TypeError(f"config={type(config).__name__}; expected an AnalogyConfig")
+        _kit.check_config(config, AnalogyConfig, "an")
         t0 = time.perf_counter()
         task = config.make_task()
-        per_seed, models = [], {}
-        for seed in config.seeds:
-            record: dict[str, Any] = {}
-            for enc in config.encodings:
-                model, rec = _kit.train_one(config, enc, seed, task, progress=progress)
-                record[enc] = {**evaluate_analogy(model, task, config, seed + 1000), **rec}
-                models[f"{enc}-seed{seed}"] = model
+
+        def run(enc: str, seed: int) -> tuple[Any, dict[str, Any]]:
+            model, rec = _kit.train_one(config, enc, seed, task, progress=progress)
+            return model, {**evaluate_analogy(model, task, config, seed + 1000), **rec}
+
+        runs = _kit.run_grid(config.seeds, config.encodings, run)
+        for record in runs.per_seed:
             if "relative" in record and "standard" in record:
                 record["rpe_minus_ape_beyond"] = (
                     record["relative"]["beyond"]["override"]
                     - record["standard"]["beyond"]["override"]
                 )
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models},
-        )
+        return _kit.make_result(self.name, config, runs.per_seed, t0, {"models": runs.models})
 
     def claims(self, config: AnalogyConfig) -> list[Claim]:
         """Wang & Sato: relative positions help analogical reasoning; global pairs are learned

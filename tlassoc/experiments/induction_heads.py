@@ -25,20 +25,13 @@ from typing import Any
 import pandas as pd
 
 from tlassoc import recipes
-from tlassoc.config import POSITIONAL_TYPES, RunConfig
+from tlassoc.config import RunConfig
 from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
-from tlassoc.experiments.framework import (
-    Claim,
-    Experiment,
-    Report,
-    Result,
-    claims_table,
-    environment,
-    fmt,
-)
+from tlassoc.experiments import _kit
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result, claims_table, fmt
 
 #: A head whose score reaches this value counts as that kind of head (the convention of
 #: TransformerLens's demos for the stripe induction score).
@@ -124,12 +117,8 @@ class InductionHeadsConfig(RunConfig):
     n_samples: int = 10
 
     def __post_init__(self) -> None:
-        if not self.encodings or any(e not in POSITIONAL_TYPES for e in self.encodings):
-            raise ValueError(f"encodings={self.encodings!r}; expected values in {POSITIONAL_TYPES}")
-        if not self.seeds:
-            raise ValueError("seeds=(); expected at least one seed")
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
+        _kit.check_encodings(self.encodings, distinct=False)
+        _kit.check_seeds(self.seeds, distinct=False)
         check_int("repeat_len", self.repeat_len, minimum=2)
         check_int("n_samples", self.n_samples, minimum=1)
         for name in self.pretrained:
@@ -153,6 +142,25 @@ def _summary(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def pretrained_claims(names: tuple[str, ...]) -> list[Claim]:
+    """One claim per pretrained model: it has an induction head (score >= 0.4).
+
+    Example:
+        >>> [c.name for c in pretrained_claims(("gpt2",))]
+        ['gpt2_induction_head']
+    """
+    return [
+        Claim(
+            f"{name}_induction_head",
+            f"{name}.best_induction",
+            ">=",
+            HEAD_THRESHOLD,
+            f"{name} has an induction head",
+        )
+        for name in names
+    ]
+
+
 class InductionHeadsExperiment(Experiment):
     """Previous-token and induction heads of trained models (and pretrained ones)."""
 
@@ -167,11 +175,7 @@ class InductionHeadsExperiment(Experiment):
         )
 
     def measure(self, config: InductionHeadsConfig, progress: bool = True) -> Result:
-        from tlassoc.model import AssocTransformer
-        from tlassoc.training import train
-
-        if not isinstance(config, InductionHeadsConfig):
-            raise TypeError(f"config={type(config).__name__}; expected an InductionHeadsConfig")
+        _kit.check_config(config, InductionHeadsConfig, "an")
         t0 = time.perf_counter()
         task = make_task(config.task, config.train.batch_size, config.model.device)
         external = {name: _resolve(name) for name in config.pretrained}
@@ -179,11 +183,12 @@ class InductionHeadsExperiment(Experiment):
         for seed in config.seeds:
             models: dict[str, Any] = {}
             for enc in config.encodings:
-                model = AssocTransformer(
-                    config.model.replace(positional_embedding_type=enc, seed=seed)
+                models[enc], _, _ = _kit.train_model(
+                    config.model.replace(positional_embedding_type=enc, seed=seed),
+                    task,
+                    config.train.replace(seed=seed),
+                    progress=progress,
                 )
-                train(model, task, config.train.replace(seed=seed), progress=progress)
-                models[enc] = model
             models.update(external)
             table, _ = compare_induction_heads(
                 models, repeat_len=config.repeat_len, n_samples=config.n_samples, seed=seed
@@ -191,15 +196,8 @@ class InductionHeadsExperiment(Experiment):
             table.insert(0, "seed", seed)
             tables.append(table)
             per_seed.append({label: _summary(table[table["model"] == label]) for label in models})
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"table": pd.concat(tables, ignore_index=True)},
-        )
+        artifacts = {"table": pd.concat(tables, ignore_index=True)}
+        return _kit.make_result(self.name, config, per_seed, t0, artifacts)
 
     def claims(self, config: InductionHeadsConfig) -> list[Claim]:
         """Each trained model has a previous-token head in layer 0 and an induction head above
@@ -212,12 +210,7 @@ class InductionHeadsExperiment(Experiment):
                 Claim(f"{enc}_induction_head", f"{enc}.best_induction", ">=", HEAD_THRESHOLD,
                       "a later head attends to the token after the current token's last copy"),
             ]  # fmt: skip
-        for name in config.pretrained:
-            out.append(
-                Claim(f"{name}_induction_head", f"{name}.best_induction", ">=", HEAD_THRESHOLD,
-                      f"{name} has an induction head")
-            )  # fmt: skip
-        return out
+        return out + pretrained_claims(config.pretrained)
 
     def report(self, result: Result) -> Report:
         outcomes = self.evaluate_claims(result)
@@ -250,19 +243,11 @@ class InductionHeadsExperiment(Experiment):
 
 
 def _save_comparison(table: pd.DataFrame, path: Any) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from tlassoc._io import atomic_write_bytes
+    from tlassoc.experiments._plots import save_png
     from tlassoc.viz.heads import plot_model_comparison
 
     first = table[table["seed"] == table["seed"].iloc[0]]
-    fig = plot_model_comparison(first, ["induction", "previous_token"])
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(plot_model_comparison(first, ["induction", "previous_token"]), path)
 
 
 __all__ = [
@@ -270,4 +255,5 @@ __all__ = [
     "InductionHeadsConfig",
     "InductionHeadsExperiment",
     "compare_induction_heads",
+    "pretrained_claims",
 ]

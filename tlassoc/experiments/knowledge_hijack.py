@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,11 +49,23 @@ from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
 from tlassoc.experiments import _kit
-from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result
 
 #: The repeat counts ``(n, m)`` whose in-context majority is ``b1`` (``n > m``).
 MAJORITY = ((1, 0), (2, 0), (3, 0), (2, 1), (3, 1))
 WITHIN = ("near", "far")
+#: The quick (test) settings, shared with stronger_amt: d 32, 60 steps, 2 seeds, 400 prompts.
+QUICK = {
+    "model.d_model": 32,
+    "train.steps": 60,
+    "train.batch_size": 16,
+    "train.log_every": 30,
+    "train.eval_batch_size": 16,
+    "task.seq_len": 32,
+    "prompt_len": 24,
+    "n_prompts": 400,
+    "seeds": (0, 1),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,18 +136,10 @@ class KnowledgeHijackConfig(RunConfig):
         _kit.check_runs(self.encodings, self.seeds)
         check_int("n_prompts", self.n_prompts, minimum=16)
         check_int("prompt_len", self.prompt_len, minimum=16)
-        rate = self.min_trigger_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ValueError(f"min_trigger_rate={rate!r}; expected a number in [0, 1]")
-        self.min_trigger_rate = float(rate)
+        self.min_trigger_rate = _kit.check_number("min_trigger_rate", self.min_trigger_rate)
         if isinstance(self.model, AssocConfig) and isinstance(self.task, TaskConfig):
-            if self.model.ffn_type is None:
-                raise ValueError(
-                    "model.ffn_type=None; expected 'linear' or 'relu' (the global bigram memory)"
-                )
-            n_ctx = self.task.seq_len + self.prompt_len
-            if self.model.n_ctx != n_ctx:
-                self.model = self.model.replace(n_ctx=n_ctx)
+            _kit.check_ffn(self.model)
+            self.model = _kit.with_n_ctx(self.model, self.task.seq_len + self.prompt_len)
         if isinstance(self.train, TrainConfig) and self.train.loss_on != "all":
             raise ValueError(
                 f"train.loss_on={self.train.loss_on!r}; expected 'all' (the feed-forward layer "
@@ -339,51 +344,30 @@ class KnowledgeHijackExperiment(Experiment):
 
     def quick_config(self) -> KnowledgeHijackConfig:
         """Small setting for tests (d 32, 60 steps, 2 seeds, 400 prompts)."""
-        return KnowledgeHijackConfig().override(
-            {
-                "model.d_model": 32,
-                "train.steps": 60,
-                "train.batch_size": 16,
-                "train.log_every": 30,
-                "train.eval_batch_size": 16,
-                "task.seq_len": 32,
-                "prompt_len": 24,
-                "n_prompts": 400,
-                "seeds": (0, 1),
-            }
-        )
+        return KnowledgeHijackConfig().override(QUICK)
 
     def measure(self, config: KnowledgeHijackConfig, progress: bool = True) -> Result:
-        if not isinstance(config, KnowledgeHijackConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a KnowledgeHijackConfig")
+        _kit.check_config(config, KnowledgeHijackConfig)
         from tlassoc.memory.probes import probe_evaluator
 
         t0 = time.perf_counter()
         task = make_task(config.task, batch_size=config.train.batch_size)
-        rates = _kit.trigger_rates(task)
-        pool = [int(i) for i in (rates >= config.min_trigger_rate).nonzero().flatten()]
-        per_seed, models, frames = [], {}, {}
-        for seed in config.seeds:
-            record: dict[str, Any] = {"scored_queries": pool}
-            prompts = make_prompts(config, seed + 1000)
-            for enc in config.encodings:
-                model, rec = _kit.train_one(
-                    config, enc, seed, task, progress=progress, evaluators=[probe_evaluator(task)]
-                )
-                numbers, frame = evaluate_model(model, enc, config, pool, seed + 1000, prompts)
-                record[enc] = {**numbers, **rec}
-                models[f"{enc}-seed{seed}"] = model
-                frames[f"{enc}-seed{seed}"] = frame
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models, "frames": frames},
+        pool = _kit.trained_queries(task, config.min_trigger_rate)
+        prompts = functools.cache(lambda seed: make_prompts(config, seed + 1000))
+
+        def run(enc: str, seed: int) -> tuple[Any, dict[str, Any], pd.DataFrame]:
+            seed_prompts = prompts(seed)
+            model, rec = _kit.train_one(
+                config, enc, seed, task, progress=progress, evaluators=[probe_evaluator(task)]
+            )
+            numbers, frame = evaluate_model(model, enc, config, pool, seed + 1000, seed_prompts)
+            return model, {**numbers, **rec}, frame
+
+        runs = _kit.run_grid(
+            config.seeds, config.encodings, run, lambda _: {"scored_queries": pool}
         )
+        artifacts = {"models": runs.models, "frames": runs.extras}
+        return _kit.make_result(self.name, config, runs.per_seed, t0, artifacts)
 
     def claims(self, config: KnowledgeHijackConfig) -> list[Claim]:
         """Wang & Sato's qualitative statements on designed prompts, as thresholds of ours (the

@@ -31,19 +31,12 @@ from tlassoc import presets
 from tlassoc.config import RunConfig
 from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
-from tlassoc.config.train import TrainConfig, check_int
+from tlassoc.config.train import TrainConfig
 from tlassoc.data import make_task
-from tlassoc.experiments._kit import verdict_lines
-from tlassoc.experiments.framework import (
-    Claim,
-    Experiment,
-    Report,
-    Result,
-    claims_table,
-    environment,
-    fmt,
-    mean_interval,
-)
+from tlassoc.experiments import _kit
+from tlassoc.experiments._kit import crossing_step
+from tlassoc.experiments._report_kit import interval_cell, report_head, seeds_line
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result, fmt
 
 VARIANTS = ("joint", "staged")
 #: Probe key -> paper notation, top-down.
@@ -88,10 +81,7 @@ class MemoryOrderConfig(RunConfig):
     def __post_init__(self) -> None:
         if not self.variants or any(v not in VARIANTS for v in self.variants):
             raise ValueError(f"variants={self.variants!r}; expected values in {VARIANTS}")
-        if not self.seeds:
-            raise ValueError("seeds=(); expected at least one seed")
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
+        _kit.check_seeds(self.seeds, distinct=False)
         for name in ("threshold", "wf_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -122,26 +112,6 @@ class MemoryOrderConfig(RunConfig):
 # ------------------------------------------------------------------------------------------------
 # Measurement
 # ------------------------------------------------------------------------------------------------
-
-
-def crossing_step(
-    history: list[dict[str, Any]], key: str, threshold: float, below: bool = False
-) -> int | None:
-    """The first logged step where ``history[i][key] >= threshold`` (``<=`` with ``below``),
-    or ``None`` if it never does.
-
-    Example:
-        >>> h = [{"step": 0, "p": 0.1}, {"step": 5, "p": 0.95}, {"step": 10, "p": 0.99}]
-        >>> crossing_step(h, "p", 0.9), crossing_step(h, "p", 0.999)
-        (5, None)
-    """
-    for rec in history:
-        value = rec.get(key)
-        if value is None or value != value:
-            continue
-        if (value <= threshold) if below else (value >= threshold):
-            return int(rec["step"])
-    return None
 
 
 def _gap(later: int | None, earlier: int | None) -> int | None:
@@ -197,14 +167,10 @@ def run_variant(
         ['wk1', 'wk2', 'wo2']
     """
     from tlassoc.memory.probes import probe_evaluator
-    from tlassoc.model import AssocTransformer
-    from tlassoc.training import train
 
     task = task if task is not None else make_task(cfg.task, batch_size=cfg.train.batch_size)
-    model = AssocTransformer(cfg.model.replace(seed=seed, model_name=variant))
-    t0 = time.perf_counter()
-    result = train(
-        model,
+    model, result, seconds = _kit.train_model(
+        cfg.model.replace(seed=seed, model_name=variant),
         task,
         cfg.train_config(variant, seed),
         progress=progress,
@@ -212,7 +178,7 @@ def run_variant(
     )
     record = summarize(result.history, cfg)
     record["history"] = [{k: r[k] for k in _KEEP if k in r} for r in result.history]
-    record["train_seconds"] = time.perf_counter() - t0
+    record["train_seconds"] = seconds
     return model, record
 
 
@@ -244,26 +210,15 @@ class MemoryOrderExperiment(Experiment):
         )
 
     def measure(self, config: MemoryOrderConfig, progress: bool = True) -> Result:
-        if not isinstance(config, MemoryOrderConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a MemoryOrderConfig")
+        _kit.check_config(config, MemoryOrderConfig)
         t0 = time.perf_counter()
         task = make_task(config.task, batch_size=config.train.batch_size)
-        per_seed, models = [], {}
-        for seed in config.seeds:
-            record = {}
-            for variant in config.variants:
-                model, record[variant] = run_variant(variant, config, seed, task, progress)
-                models[f"{variant}-seed{seed}"] = model
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models},
-        )
+
+        def run(variant: str, seed: int) -> tuple[Any, dict[str, Any]]:
+            return run_variant(variant, config, seed, task, progress)
+
+        runs = _kit.run_grid(config.seeds, config.variants, run)
+        return _kit.make_result(self.name, config, runs.per_seed, t0, {"models": runs.models})
 
     def claims(self, config: MemoryOrderConfig) -> list[Claim]:
         """Per variant: ``W_O²`` crosses strictly before ``W_K²``, and ``W_K²`` strictly before
@@ -336,8 +291,7 @@ def _tables(result: Result) -> list[str]:
         for k in keys:
             steps = [rec[v]["crossing"][k] for rec in result.per_seed]
             done = [s for s in steps if s is not None]
-            m, lo, hi = mean_interval(done)
-            cells.append(f"{fmt(m, 0)} [{fmt(lo, 0)}, {fmt(hi, 0)}] ({len(done)}/{len(steps)})")
+            cells.append(f"{interval_cell(done, 0)} ({len(done)}/{len(steps)})")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -394,21 +348,15 @@ def _plot(result: Result, path: Any) -> None:
 
 
 def _build_report(experiment: MemoryOrderExperiment, result: Result) -> Report:
-    outcomes = experiment.evaluate_claims(result)
     c = result.config
-    m, t, env = c["model"], c["train"], result.environment
-    lines = [
-        "# The order in which the memories form",
-        "",
+    m, t = c["model"], c["train"]
+    setting = (
         f"Simplified two-layer model ({m['positional_embedding_type']} positions, d_model "
         f"{m['d_model']}), trigger task T {c['task']['seq_len']}, {t['steps']} steps of "
         f"{t['optimizer']} (lr {t['lr']}, batch {t['batch_size']}, loss on {t['loss_on']}); "
-        f"variants {', '.join(c['variants'])}. Seeds {', '.join(map(str, result.seeds))}. "
-        f"Wall time {result.seconds:.0f} s on {env.get('machine')} with {env.get('cpu_count')} "
-        f"cores ({env.get('torch_threads')} torch threads).",
-        "",
-    ]
-    lines += verdict_lines(outcomes) + ["", "## Claims", "", claims_table(outcomes), ""]
+        f"variants {', '.join(c['variants'])}. {seeds_line(result)}"
+    )
+    lines = report_head(experiment, result, "The order in which the memories form", setting)
     lines += _tables(result)
     lines += ["", "Figure: `probes.png` (probes over training, crossings marked).", ""]
     return Report("\n".join(lines), {"probes.png": lambda path: _plot(result, path)})

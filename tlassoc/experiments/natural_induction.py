@@ -45,18 +45,15 @@ from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data.natural import PYTHON_DOCS, TEXT_VOCAB
-from tlassoc.experiments._kit import verdict_lines
-from tlassoc.experiments.framework import (
-    Claim,
-    Experiment,
-    Report,
-    Result,
-    claims_table,
-    environment,
-    fmt,
-    mean_interval,
+from tlassoc.experiments import _kit
+from tlassoc.experiments._plots import pyplot, save_png
+from tlassoc.experiments._report_kit import finish_report, interval_cell, report_head, seeds_line
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment, fmt
+from tlassoc.experiments.induction_heads import (
+    HEAD_THRESHOLD,
+    compare_induction_heads,
+    pretrained_claims,
 )
-from tlassoc.experiments.induction_heads import HEAD_THRESHOLD, compare_induction_heads
 
 #: Label of the text model in tables.
 TEXT_MODEL = "text-2l"
@@ -133,16 +130,9 @@ class NaturalInductionConfig(RunConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError(f"text={self.text!r}; expected {PYTHON_DOCS!r} or a file path")
-        if not self.seeds:
-            raise ValueError("seeds=(); expected at least one seed")
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
-        h = self.held_out
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 0.5:
-            raise ValueError(f"held_out={h!r}; expected a fraction in (0, 0.5)")
-        r = self.repeat_fraction
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
-            raise ValueError(f"repeat_fraction={r!r}; expected a number in [0, 1]")
+        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_number("held_out", self.held_out, "(0, 0.5)", what="a fraction")
+        _kit.check_number("repeat_fraction", self.repeat_fraction)
         for name in self.simplified:
             if name not in recipes.RECIPES:
                 raise ValueError(f"simplified={name!r}; expected recipe names {recipes.names()}")
@@ -266,25 +256,27 @@ def icl_score(per_position: list[float]) -> float:
 def train_text_model(cfg: NaturalInductionConfig, seed: int, task: Any, progress: bool) -> Any:
     """The text model of one seed, trained on ``task`` (a :class:`TextTask`)."""
     from tlassoc.data.natural import text_tokenizer
-    from tlassoc.model import AssocTransformer
-    from tlassoc.training import train
 
-    model = AssocTransformer(cfg.model.replace(seed=seed), tokenizer=text_tokenizer())
-    result = train(model, task, cfg.train.replace(seed=seed), progress=progress)
+    model, result, _ = _kit.train_model(
+        cfg.model.replace(seed=seed),
+        task,
+        cfg.train.replace(seed=seed),
+        progress=progress,
+        tokenizer=text_tokenizer(),
+    )
     return model.eval(), result
 
 
 def _simplified_models(cfg: NaturalInductionConfig, seed: int, progress: bool) -> dict[str, Any]:
     from tlassoc.data import make_task
-    from tlassoc.model import AssocTransformer
-    from tlassoc.training import train
 
     out: dict[str, Any] = {}
     for name in cfg.simplified:
         run = recipes.get(name)
-        model = AssocTransformer(run.model.replace(seed=seed))
         task = make_task(run.task, batch_size=run.train.batch_size)
-        train(model, task, run.train.replace(seed=seed), progress=progress)
+        model, _, _ = _kit.train_model(
+            run.model.replace(seed=seed), task, run.train.replace(seed=seed), progress=progress
+        )
         out[f"simplified-{name}"] = model.eval()
     if cfg.ideal:
         from tlassoc.memory import ideal_model
@@ -451,8 +443,7 @@ class NaturalInductionExperiment(Experiment):
         )
 
     def measure(self, config: NaturalInductionConfig, progress: bool = True) -> Result:
-        if not isinstance(config, NaturalInductionConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a NaturalInductionConfig")
+        _kit.check_config(config, NaturalInductionConfig)
         t0 = time.perf_counter()
         external = load_pretrained(config.pretrained)  # fail before training, not after
         train_task, held, info = text_tasks(config)
@@ -467,19 +458,9 @@ class NaturalInductionExperiment(Experiment):
             models[f"{TEXT_MODEL}-seed{seed}"] = art["model"]
         env = environment()
         env["text"] = info
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=env,
-            artifacts={
-                "models": models,
-                "table": pd.concat(tables, ignore_index=True),
-                "patching": patches,
-            },
-        )
+        table = pd.concat(tables, ignore_index=True)
+        artifacts = {"models": models, "table": table, "patching": patches}
+        return _kit.make_result(self.name, config, per_seed, t0, artifacts, env)
 
     def claims(self, config: NaturalInductionConfig) -> list[Claim]:
         """The text model has a layer-0 previous-token head and a later induction head (scores
@@ -495,12 +476,7 @@ class NaturalInductionExperiment(Experiment):
             Claim("text_patching_finds_induction_head", f"{t}.top_patched_is_induction_head",
                   ">=", 1.0, "the head whose noising hurts induction most is an induction head"),
         ]  # fmt: skip
-        for name in config.pretrained:
-            out.append(
-                Claim(f"{name}_induction_head", f"{name}.best_induction", ">=", HEAD_THRESHOLD,
-                      f"{name} has an induction head")
-            )  # fmt: skip
-        return out
+        return out + pretrained_claims(config.pretrained)
 
     def report(self, result: Result) -> Report:
         return _build_report(self, result)
@@ -509,11 +485,6 @@ class NaturalInductionExperiment(Experiment):
 # ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
-
-
-def _interval(values: list[float]) -> str:
-    m, lo, hi = mean_interval(values)
-    return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
 
 
 def _tables(result: Result) -> list[str]:
@@ -536,7 +507,7 @@ def _tables(result: Result) -> list[str]:
             )
         for key in ("best_induction", "best_previous_token_layer0"):
             vals = [rec[label][key] for rec in result.per_seed]
-            lines.append(f"| {label} | mean [95 %] {key} | | {_interval(vals)} | | |")
+            lines.append(f"| {label} | mean [95 %] {key} | | {interval_cell(vals)} | | |")
     t = TEXT_MODEL
     lines += [
         "",
@@ -557,7 +528,7 @@ def _tables(result: Result) -> list[str]:
         )
     for key in ("held_out_loss", "icl_score"):
         vals = [rec[t][key] for rec in result.per_seed]
-        lines.append(f"| mean [95 %] {key} | {_interval(vals)} | | | | | | | |")
+        lines.append(f"| mean [95 %] {key} | {interval_cell(vals)} | | | | | | | |")
     lines += [
         "",
         "Patching effects are normalised by the clean - corrupted gap of the induction "
@@ -568,8 +539,6 @@ def _tables(result: Result) -> list[str]:
 
 
 def _plot_losses(result: Result, path: Any) -> None:
-    from tlassoc.experiments._plots import pyplot, save_png
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for seed, rec in zip(result.seeds, result.per_seed, strict=True):
@@ -583,12 +552,6 @@ def _plot_losses(result: Result, path: Any) -> None:
     save_png(fig, path)
 
 
-def _save_figure(fig: Any, path: Any) -> None:
-    from tlassoc.experiments._plots import save_png
-
-    save_png(fig, path)
-
-
 def _figures(result: Result) -> dict[str, Any]:
     out: dict[str, Any] = {"loss_by_position.png": lambda path: _plot_losses(result, path)}
     table = result.artifacts.get("table")
@@ -596,26 +559,23 @@ def _figures(result: Result) -> dict[str, Any]:
         from tlassoc.viz.heads import plot_model_comparison
 
         first = table[table["seed"] == result.seeds[0]]
-        out["head_scores.png"] = lambda path: _save_figure(
+        out["head_scores.png"] = lambda path: save_png(
             plot_model_comparison(first, ["induction", "previous_token"]), path
         )
     patch = result.artifacts.get("patching", {}).get(result.seeds[0])
     if patch is not None:
         from tlassoc.viz.heads import plot_patching
 
-        out["patching.png"] = lambda path: _save_figure(
+        out["patching.png"] = lambda path: save_png(
             plot_patching(patch, title=f"{TEXT_MODEL}: noise z (seed {result.seeds[0]})"), path
         )
     return out
 
 
 def _build_report(experiment: NaturalInductionExperiment, result: Result) -> Report:
-    outcomes = experiment.evaluate_claims(result)
-    c, env = result.config, result.environment
-    m, t, text = c["model"], c["train"], env.get("text", {})
-    lines = [
-        "# Induction heads of a model trained on real text",
-        "",
+    c = result.config
+    m, t, text = c["model"], c["train"], result.environment.get("text", {})
+    setting = (
         f"Text model: {m['n_layers']} attention-only layers x {m['n_heads']} heads, d_model "
         f"{m['d_model']}, learned query and absolute positions, LayerNorm, {m['d_vocab']} "
         f"characters; {t['steps']} {t['optimizer']} steps (lr {t['lr']}, batch {t['batch_size']} "
@@ -624,16 +584,12 @@ def _build_report(experiment: NaturalInductionExperiment, result: Result) -> Rep
         f"{fmt(text.get('in_vocabulary'))} of them in the vocabulary; the last "
         f"{c['held_out']:.0%} held out). Compared with: "
         f"{', '.join(k for k in result.per_seed[0] if k != TEXT_MODEL) or 'nothing'}. "
-        f"Seeds {', '.join(map(str, result.seeds))}. Wall time {result.seconds:.0f} s on "
-        f"{env.get('machine')} with {env.get('cpu_count')} cores "
-        f"({env.get('torch_threads')} torch threads).",
-        "",
-    ]
-    lines += verdict_lines(outcomes) + ["", "## Claims", "", claims_table(outcomes), ""]
-    lines += _tables(result)
-    figures = _figures(result)
-    lines += ["", "Figures: " + ", ".join(f"`{n}`" for n in figures), ""]
-    return Report("\n".join(lines), figures)
+        f"{seeds_line(result)}"
+    )
+    lines = report_head(
+        experiment, result, "Induction heads of a model trained on real text", setting
+    )
+    return finish_report(lines + _tables(result), _figures(result))
 
 
 __all__ = [

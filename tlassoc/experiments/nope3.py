@@ -43,17 +43,9 @@ from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import TriggerBatch, make_task
-from tlassoc.experiments._kit import verdict_lines
-from tlassoc.experiments.framework import (
-    Claim,
-    Experiment,
-    Report,
-    Result,
-    claims_table,
-    environment,
-    fmt,
-    mean_interval,
-)
+from tlassoc.experiments import _kit
+from tlassoc.experiments._report_kit import interval_cell, report_head, seeds_line
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result, fmt
 
 #: Token ids of the trigger task (the start token is the next id).
 TASK_VOCAB = 65
@@ -97,15 +89,10 @@ class NopeConfig(RunConfig):
     repeat_len: int = 25
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("seeds=(); expected at least one seed")
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
+        _kit.check_seeds(self.seeds, distinct=False)
         if not isinstance(self.start_token, bool):
             raise ValueError(f"start_token={self.start_token!r}; expected a bool")
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-            raise ValueError(f"threshold={t!r}; expected a number in (0, 1]")
+        _kit.check_number("threshold", self.threshold, "(0, 1]")
         check_int("ideal_d_model", self.ideal_d_model, minimum=TASK_VOCAB + 3)
         check_int("eval_sequences", self.eval_sequences, minimum=1)
         check_int("repeat_len", self.repeat_len, minimum=2)
@@ -293,11 +280,7 @@ def crossing(history: list[dict[str, Any]], key: str, threshold: float) -> int |
         >>> crossing([{"step": 0, "a": 0.2}, {"step": 25, "a": 0.95}], "a", 0.9)
         25
     """
-    for rec in history:
-        v = rec.get(key)
-        if v is not None and v == v and v >= threshold:
-            return int(rec["step"])
-    return None
+    return _kit.crossing_step(history, key, threshold)
 
 
 def run_seed(cfg: NopeConfig, seed: int, progress: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -312,24 +295,18 @@ def run_seed(cfg: NopeConfig, seed: int, progress: bool = False) -> tuple[Any, d
         >>> sorted(rec)
         ['acc_gap_to_ideal', 'crossing', 'history', 'ideal', 'train_seconds', 'trained']
     """
-    from tlassoc.model import AssocTransformer
-    from tlassoc.training import train
-
     base = make_task(cfg.task, batch_size=cfg.train.batch_size)
     task = StartTokenTask(base) if cfg.start_token else base
     plain = base.sample(seed=seed + 1000, batch_size=cfg.eval_sequences)
     marked = with_start_token(plain)
     probe_batch = marked if cfg.start_token else plain
-    model = AssocTransformer(cfg.model.replace(seed=seed, model_name="nope"))
-    t0 = time.perf_counter()
-    result = train(
-        model,
+    model, result, seconds = _kit.train_model(
+        cfg.model.replace(seed=seed, model_name="nope"),
         task,
         cfg.train.replace(seed=seed),
         progress=progress,
         evaluators=[nope_evaluator(probe_batch, base.fixed_triggers)],
     )
-    seconds = time.perf_counter() - t0
     blocks = repeated_blocks(cfg.eval_sequences, cfg.repeat_len, True, seed + 2000)
     trained = final_numbers(model, probe_batch, blocks if cfg.start_token else blocks[:, 1:])
     ideal = final_numbers(ideal_model(cfg, seed), marked, blocks)
@@ -380,23 +357,14 @@ class Nope3Experiment(Experiment):
         )
 
     def measure(self, config: NopeConfig, progress: bool = True) -> Result:
-        if not isinstance(config, NopeConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a NopeConfig")
+        _kit.check_config(config, NopeConfig)
         t0 = time.perf_counter()
         per_seed, models = [], {}
         for seed in config.seeds:
             model, record = run_seed(config, seed, progress)
             per_seed.append(record)
             models[f"nope-seed{seed}"] = model
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models},
-        )
+        return _kit.make_result(self.name, config, per_seed, t0, {"models": models})
 
     def claims(self, config: NopeConfig) -> list[Claim]:
         """The ideal construction solves repeated blocks and has its previous-token layer (a
@@ -450,10 +418,7 @@ def _tables(result: Result) -> list[str]:
             lines.append(
                 f"| {which} | {seed} | " + " | ".join(fmt(r[k]) for k, _ in _COLUMNS) + " |"
             )
-        cells = []
-        for k, _ in _COLUMNS:
-            m, lo, hi = mean_interval([rec[which][k] for rec in result.per_seed])
-            cells.append(f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]")
+        cells = [interval_cell([rec[which][k] for rec in result.per_seed]) for k, _ in _COLUMNS]
         lines.append(f"| {which} | mean [95 %] | " + " | ".join(cells) + " |")
     thr = result.config["threshold"]
     lines += [
@@ -501,22 +466,16 @@ def _plot(result: Result, path: Any) -> None:
 
 
 def _build_report(experiment: Nope3Experiment, result: Result) -> Report:
-    outcomes = experiment.evaluate_claims(result)
-    c, env = result.config, result.environment
+    c = result.config
     m, t = c["model"], c["train"]
-    lines = [
-        "# Three layers without positions",
-        "",
+    setting = (
         f"presets.nope (d_model {m['d_model']}, W_Q = I, W_E/W_U frozen), trigger task T "
         f"{c['task']['seq_len']}{' plus a start token' if c['start_token'] else ''}; "
         f"{t['steps']} {t['optimizer']} steps (lr {t['lr']}, batch {t['batch_size']}, loss on "
-        f"{t['loss_on']}). Ideal construction at d_model {c['ideal_d_model']}. Seeds "
-        f"{', '.join(map(str, result.seeds))}. Wall time {result.seconds:.0f} s on "
-        f"{env.get('machine')} with {env.get('cpu_count')} cores "
-        f"({env.get('torch_threads')} torch threads).",
-        "",
-    ]
-    lines += verdict_lines(outcomes) + ["", "## Claims", "", claims_table(outcomes), ""]
+        f"{t['loss_on']}). Ideal construction at d_model {c['ideal_d_model']}. "
+        f"{seeds_line(result)}"
+    )
+    lines = report_head(experiment, result, "Three layers without positions", setting)
     lines += _tables(result)
     lines += ["", "Figure: `probes.png` (probes over training; dotted: the ideal model).", ""]
     return Report("\n".join(lines), {"probes.png": lambda path: _plot(result, path)})

@@ -42,20 +42,11 @@ from tlassoc.config.model import AssocConfig
 from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
-from tlassoc.experiments._kit import verdict_lines
-from tlassoc.experiments.framework import (
-    Claim,
-    Experiment,
-    Report,
-    Result,
-    claims_table,
-    environment,
-    fmt,
-    mean_interval,
-)
+from tlassoc.experiments import _kit
+from tlassoc.experiments._report_kit import interval_cell, report_head, seeds_line
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result, fmt
 
-#: Display labels of the encodings and the matrices (papers' notation).
-LABELS = {"relative": "RPE", "standard": "APE"}
+#: Display labels of the matrices (papers' notation).
 MATRICES = {"blocks.1.attn.W_O": "W_O²", "blocks.1.attn.W_K": "W_K²", "blocks.0.attn.W_K": "W_K¹"}
 KEYS = {"blocks.1.attn.W_O": "wo2", "blocks.1.attn.W_K": "wk2", "blocks.0.attn.W_K": "wk1"}
 
@@ -96,13 +87,8 @@ class OneStepConfig(RunConfig):
     n_random: int = 20
 
     def __post_init__(self) -> None:
-        allowed = ("relative", "standard")
-        if not self.encodings or any(e not in allowed for e in self.encodings):
-            raise ValueError(f"encodings={self.encodings!r}; expected values in {allowed}")
-        if not self.seeds:
-            raise ValueError("seeds=(); expected at least one seed")
-        for s in self.seeds:
-            check_int("seeds", s, minimum=0)
+        _kit.check_encodings(self.encodings, allowed=("relative", "standard"), distinct=False)
+        _kit.check_seeds(self.seeds, distinct=False)
         if len(self.step_sizes) != 3 or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
             for x in self.step_sizes
@@ -120,9 +106,7 @@ class OneStepConfig(RunConfig):
 
     def model_config(self, encoding: str, seed: int) -> AssocConfig:
         """The model of one encoding and seed."""
-        return self.model.replace(
-            positional_embedding_type=encoding, model_name=LABELS[encoding], seed=seed
-        )
+        return _kit.model_config(self.model, encoding, seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,26 +291,15 @@ class OneStepExperiment(Experiment):
         )
 
     def measure(self, config: OneStepConfig, progress: bool = True) -> Result:
-        if not isinstance(config, OneStepConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a OneStepConfig")
+        _kit.check_config(config, OneStepConfig)
         t0 = time.perf_counter()
         task = make_task(config.task, batch_size=config.train.batch_size)
-        per_seed, models = [], {}
-        for seed in config.seeds:
-            record = {}
-            for enc in config.encodings:
-                model, record[enc] = measure_one(enc, config, seed, task, progress)
-                models[f"{enc}-seed{seed}"] = model
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models},
-        )
+
+        def run(enc: str, seed: int) -> tuple[Any, dict[str, Any]]:
+            return measure_one(enc, config, seed, task, progress)
+
+        runs = _kit.run_grid(config.seeds, config.encodings, run)
+        return _kit.make_result(self.name, config, runs.per_seed, t0, {"models": runs.models})
 
     def claims(self, config: OneStepConfig) -> list[Claim]:
         """Per encoding: each matrix aligned with its ideal memory (z >= 5); in-context accuracy
@@ -335,7 +308,7 @@ class OneStepExperiment(Experiment):
         earlier copy for a majority of positions)."""
         out = []
         for enc in config.encodings:
-            lab = LABELS[enc]
+            lab = _kit.label(enc)
             for key, name in (("wo2", "W_O²"), ("wk2", "W_K²"), ("wk1", "W_K¹")):
                 out.append(
                     Claim(f"{enc}_{key}_aligned", f"{enc}.alignment.{key}.z_score", ">=",
@@ -364,11 +337,6 @@ class OneStepExperiment(Experiment):
 # ------------------------------------------------------------------------------------------------
 
 
-def _interval(values: list[Any]) -> str:
-    m, lo, hi = mean_interval([v for v in values if v is not None])
-    return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
-
-
 def _tables(result: Result) -> list[str]:
     encs = list(result.per_seed[0])
     lines = [
@@ -388,10 +356,10 @@ def _tables(result: Result) -> list[str]:
                 a = rec[enc]["alignment"][key]
                 zs.append(a["z_score"])
                 lines.append(
-                    f"| {LABELS[enc]} | {name} | {seed} | {fmt(a['cosine'], 4)} | "
+                    f"| {_kit.label(enc)} | {name} | {seed} | {fmt(a['cosine'], 4)} | "
                     f"{fmt(a['random_max_abs'], 4)} | {fmt(a['z_score'], 1)} |"
                 )
-            lines.append(f"| {LABELS[enc]} | {name} | mean [95 %] | | | {_interval(zs)} |")
+            lines.append(f"| {_kit.label(enc)} | {name} | mean [95 %] | | | {interval_cell(zs)} |")
     lines += [
         "",
         "## In-context accuracy (label >= 2) and attention after the three steps",
@@ -406,16 +374,16 @@ def _tables(result: Result) -> list[str]:
         for seed, rec in zip(result.seeds, result.per_seed, strict=True):
             r = rec[enc]
             lines.append(
-                f"| {LABELS[enc]} | {seed} | " + " | ".join(fmt(r[c]) for c in cols) + " |"
+                f"| {_kit.label(enc)} | {seed} | " + " | ".join(fmt(r[c]) for c in cols) + " |"
             )
-        means = [_interval([rec[enc][c] for rec in result.per_seed]) for c in cols]
-        lines.append(f"| {LABELS[enc]} | mean [95 %] | " + " | ".join(means) + " |")
+        means = [interval_cell([rec[enc][c] for rec in result.per_seed]) for c in cols]
+        lines.append(f"| {_kit.label(enc)} | mean [95 %] | " + " | ".join(means) + " |")
     lines += ["", "## Recall probes after the steps", "", "| encoding | seed | probes |"]
     lines.append("|---|---|---|")
     for enc in encs:
         for seed, rec in zip(result.seeds, result.per_seed, strict=True):
             probes = ", ".join(f"{k} {fmt(v)}" for k, v in rec[enc]["probes"].items())
-            lines.append(f"| {LABELS[enc]} | {seed} | {probes} |")
+            lines.append(f"| {_kit.label(enc)} | {seed} | {probes} |")
     return lines
 
 
@@ -431,7 +399,7 @@ def _plot_alignment(result: Result, path: Any) -> None:
             zs = [rec[enc]["alignment"][KEYS[param]]["z_score"] for rec in result.per_seed]
             x = j + (i - (len(encs) - 1) / 2) * width
             axes[0].bar(x, sum(zs) / len(zs), width, color=f"C{i}",
-                        label=LABELS[enc] if j == 0 else None)  # fmt: skip
+                        label=_kit.label(enc) if j == 0 else None)  # fmt: skip
             axes[0].scatter([x] * len(zs), zs, color="k", s=10, zorder=3)
     axes[0].axhline(Z_THRESHOLD, color="gray", ls="--", lw=1, label=f"z = {Z_THRESHOLD:g}")
     axes[0].set_xticks(range(len(MATRICES)), list(MATRICES.values()))
@@ -451,7 +419,7 @@ def _plot_alignment(result: Result, path: Any) -> None:
             vals = [rec[enc][col] for rec in result.per_seed]
             x = j + (i - (len(encs) - 1) / 2) * width
             axes[1].bar(x, sum(vals) / len(vals), width, color=f"C{i}",
-                        label=LABELS[enc] if j == 0 else None)  # fmt: skip
+                        label=_kit.label(enc) if j == 0 else None)  # fmt: skip
             axes[1].scatter([x] * len(vals), vals, color="k", s=10, zorder=3)
     axes[1].set_xticks(range(len(cols)), [c[1] for c in cols])
     axes[1].set_ylabel("accuracy on label >= 2 targets")
@@ -461,22 +429,15 @@ def _plot_alignment(result: Result, path: Any) -> None:
 
 
 def _build_report(experiment: OneStepExperiment, result: Result) -> Report:
-    outcomes = experiment.evaluate_claims(result)
     c = result.config
-    env = result.environment
-    lines = [
-        "# One-step training (Bietti et al., Theorem 3)",
-        "",
+    setting = (
         f"Simplified two-layer model, d_model {c['model']['d_model']}, trigger task T "
         f"{c['task']['seq_len']}; W_O², W_K², W_K¹ set to zero and stepped once each, top-down, "
         f"with step sizes {', '.join(f'{x:g}' for x in c['step_sizes'])} on the gradient of "
         f"{c['n_batches']} x {c['train']['batch_size']} sequences (loss on "
-        f"{c['train']['loss_on']}). Seeds {', '.join(map(str, result.seeds))}. Wall time "
-        f"{result.seconds:.0f} s on {env.get('machine')} with {env.get('cpu_count')} cores "
-        f"({env.get('torch_threads')} torch threads).",
-        "",
-    ]
-    lines += verdict_lines(outcomes) + ["", "## Claims", "", claims_table(outcomes), ""]
+        f"{c['train']['loss_on']}). {seeds_line(result)}"
+    )
+    lines = report_head(experiment, result, "One-step training (Bietti et al., Theorem 3)", setting)
     lines += _tables(result)
     figures = {"one_step.png": lambda path: _plot_alignment(result, path)}
     lines += ["", "Figure: `one_step.png` (alignment z-scores and accuracies, every seed).", ""]

@@ -37,7 +37,7 @@ from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
 from tlassoc.experiments import _kit
-from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result
 from tlassoc.metrics import induction_attention_accuracy, label_accuracy, masked_mean
 
 
@@ -100,8 +100,7 @@ class OODOutputsConfig(RunConfig):
                     f"task.n_train_outputs={self.task.n_train_outputs}; expected 0 < n < 65"
                 )
         if isinstance(self.model, AssocConfig) and isinstance(self.task, TaskConfig):
-            if self.model.n_ctx != self.task.seq_len:
-                self.model = self.model.replace(n_ctx=self.task.seq_len)
+            self.model = _kit.with_n_ctx(self.model, self.task.seq_len)
         super().__post_init__()
 
 
@@ -178,31 +177,20 @@ class OODOutputsExperiment(Experiment):
         )
 
     def measure(self, config: OODOutputsConfig, progress: bool = True) -> Result:
-        if not isinstance(config, OODOutputsConfig):
-            raise TypeError(f"config={type(config).__name__}; expected an OODOutputsConfig")
+        _kit.check_config(config, OODOutputsConfig, "an")
         from tlassoc.memory.probes import probe_evaluator
 
         t0 = time.perf_counter()
         task = make_task(config.task, batch_size=config.train.batch_size)
-        per_seed, models = [], {}
-        for seed in config.seeds:
-            record: dict[str, Any] = {}
-            for enc in config.encodings:
-                model, rec = _kit.train_one(
-                    config, enc, seed, task, progress=progress, evaluators=[probe_evaluator(task)]
-                )
-                record[enc] = {**evaluate_ood(model, config, seed + 1000), **rec}
-                models[f"{enc}-seed{seed}"] = model
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models},
-        )
+
+        def run(enc: str, seed: int) -> tuple[Any, dict[str, Any]]:
+            model, rec = _kit.train_one(
+                config, enc, seed, task, progress=progress, evaluators=[probe_evaluator(task)]
+            )
+            return model, {**evaluate_ood(model, config, seed + 1000), **rec}
+
+        runs = _kit.run_grid(config.seeds, config.encodings, run)
+        return _kit.make_result(self.name, config, runs.per_seed, t0, {"models": runs.models})
 
     def claims(self, config: OODOutputsConfig) -> list[Claim]:
         """The induction head copies outputs it never saw as outputs (Bietti et al.'s
@@ -229,8 +217,8 @@ class OODOutputsExperiment(Experiment):
 
 
 def _figure(result: Result, path: Any) -> None:
-    from tlassoc.experiments._plots import pyplot, save_png
-    from tlassoc.experiments.framework import mean_interval
+    from tlassoc.experiments._plots import bar_positions, mean_bar, pyplot, save_png
+    from tlassoc.experiments.framework import lookup
 
     plt = pyplot()
     encs = result.config["encodings"]
@@ -243,19 +231,10 @@ def _figure(result: Result, path: Any) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(encs))
     for i, enc in enumerate(encs):
-        means, errs = [], []
-        for path_, _ in groups:
-            vals = []
-            for rec in result.per_seed:
-                v: Any = rec[enc]
-                for part in path_.split("."):
-                    v = v[part]
-                vals.append(v)
-            m, _, hi = mean_interval([v for v in vals if v is not None])
-            means.append(m if m == m else 0.0)
-            errs.append(0.0 if hi != hi else hi - m)
-        xs = [k + (i - (len(encs) - 1) / 2) * width for k in range(len(groups))]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=_kit.label(enc))
+        bars = [mean_bar([lookup(r[enc], key) for r in result.per_seed]) for key, _ in groups]
+        xs = bar_positions(len(groups), i, len(encs), width)
+        ax.bar(xs, [m for m, _ in bars], width, yerr=[e for _, e in bars], capsize=3,
+               label=_kit.label(enc))  # fmt: skip
     ax.set_xticks(range(len(groups)), [g[1] for g in groups], fontsize=8)
     ax.set_ylabel("fraction (mean over seeds, 95 % interval)")
     ax.set_ylim(0, 1.05)
@@ -264,46 +243,43 @@ def _figure(result: Result, path: Any) -> None:
     save_png(fig, path)
 
 
+def _rows(enc: str) -> list[tuple[str, str]]:
+    rows = []
+    for split in ("seen", "unseen"):
+        rows += [
+            (f"in-context accuracy (label >= 2), {split} outputs", f"{enc}.{split}.acc_ge2"),
+            (f"answers a seen output id, {split} outputs", f"{enc}.{split}.answers_seen_id"),
+            (f"induction attention finds the output, {split} outputs",
+             f"{enc}.{split}.induction_attention"),
+            (f"global-bigram guess accuracy, {split} outputs", f"{enc}.{split}.bigram_guess_acc"),
+            (f"scored targets, {split} outputs", f"{enc}.{split}.targets"),
+        ]  # fmt: skip
+    return rows + [
+        ("gap (seen - unseen)", f"{enc}.gap"),
+        ("W_O² recall over seen ids", f"{enc}.wo2_recall_seen"),
+        ("W_O² recall over unseen ids", f"{enc}.wo2_recall_unseen"),
+        ("training seconds", f"{enc}.train_seconds"),
+    ]
+
+
 def build_report(experiment: Any, result: Result) -> Report:
     """Markdown (verdicts, claims, tables) and the figure."""
-    from tlassoc.experiments.framework import claims_table
+    from tlassoc.experiments._report_kit import (
+        encoding_tables,
+        finish_report,
+        report_head,
+        setting_line,
+    )
 
-    outcomes = experiment.evaluate_claims(result)
-    figures = {"seen_unseen.png": lambda p: _figure(result, p)}
     n_train = result.config["task"]["n_train_outputs"]
-    lines = [
-        "# Out-of-distribution outputs: copying tokens never seen as outputs",
-        "",
-        _kit.setting_line(
-            result,
-            f"Trigger outputs in training: token ids 0-{n_train - 1}; unseen outputs: ids "
-            f"{n_train}-64 ({result.config['eval_sequences']} evaluation sequences each).",
-        ),
-        "",
-    ]
-    lines += _kit.verdict_lines(outcomes)
-    lines += ["## Claims", "", claims_table(outcomes), ""]
-    for enc in result.config["encodings"]:
-        rows = []
-        for split in ("seen", "unseen"):
-            rows += [
-                (f"in-context accuracy (label >= 2), {split} outputs", f"{enc}.{split}.acc_ge2"),
-                (f"answers a seen output id, {split} outputs", f"{enc}.{split}.answers_seen_id"),
-                (f"induction attention finds the output, {split} outputs",
-                 f"{enc}.{split}.induction_attention"),
-                (f"global-bigram guess accuracy, {split} outputs",
-                 f"{enc}.{split}.bigram_guess_acc"),
-                (f"scored targets, {split} outputs", f"{enc}.{split}.targets"),
-            ]  # fmt: skip
-        rows += [
-            ("gap (seen - unseen)", f"{enc}.gap"),
-            ("W_O² recall over seen ids", f"{enc}.wo2_recall_seen"),
-            ("W_O² recall over unseen ids", f"{enc}.wo2_recall_unseen"),
-            ("training seconds", f"{enc}.train_seconds"),
-        ]
-        lines += [f"## {_kit.label(enc)}", ""] + _kit.seed_table(result, rows) + [""]
-    lines += _kit.figure_list(figures)
-    return Report("\n".join(lines), figures)
+    setting = setting_line(
+        result,
+        f"Trigger outputs in training: token ids 0-{n_train - 1}; unseen outputs: ids "
+        f"{n_train}-64 ({result.config['eval_sequences']} evaluation sequences each).",
+    )
+    title = "Out-of-distribution outputs: copying tokens never seen as outputs"
+    lines = report_head(experiment, result, title, setting) + encoding_tables(result, _rows)
+    return finish_report(lines, {"seen_unseen.png": lambda p: _figure(result, p)})
 
 
 __all__ = ["OODOutputsConfig", "OODOutputsExperiment", "build_report", "evaluate_ood"]

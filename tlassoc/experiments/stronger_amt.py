@@ -47,8 +47,9 @@ from tlassoc.config.task import TaskConfig
 from tlassoc.config.train import TrainConfig, check_int
 from tlassoc.data import make_task
 from tlassoc.experiments import _kit
-from tlassoc.experiments.framework import Claim, Experiment, Report, Result, environment
+from tlassoc.experiments.framework import Claim, Experiment, Report, Result
 from tlassoc.experiments.knowledge_hijack import (
+    QUICK,
     copy_through_ffn,
     hijack_model,
     hijack_task,
@@ -95,20 +96,12 @@ class StrongerAMTConfig(RunConfig):
         check_int("n_prompts", self.n_prompts, minimum=16)
         check_int("prompt_len", self.prompt_len, minimum=16)
         for name in ("min_trigger_rate", "test_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ValueError(f"{name}={v!r}; expected a number in [0, 1]")
-            setattr(self, name, float(v))
+            setattr(self, name, _kit.check_number(name, getattr(self, name)))
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction!r}; expected 0 < x < 1")
         if isinstance(self.model, AssocConfig) and isinstance(self.task, TaskConfig):
-            if self.model.ffn_type is None:
-                raise ValueError(
-                    "model.ffn_type=None; expected 'linear' or 'relu' (the global bigram memory)"
-                )
-            n_ctx = max(self.task.seq_len, self.prompt_len)
-            if self.model.n_ctx != n_ctx:
-                self.model = self.model.replace(n_ctx=n_ctx)
+            _kit.check_ffn(self.model)
+            self.model = _kit.with_n_ctx(self.model, max(self.task.seq_len, self.prompt_len))
         super().__post_init__()
 
 
@@ -310,46 +303,24 @@ class StrongerAMTExperiment(Experiment):
 
     def quick_config(self) -> StrongerAMTConfig:
         """Small setting for tests (d 32, 60 steps, 2 seeds, 400 prompts)."""
-        return StrongerAMTConfig().override(
-            {
-                "model.d_model": 32,
-                "train.steps": 60,
-                "train.batch_size": 16,
-                "train.log_every": 30,
-                "train.eval_batch_size": 16,
-                "task.seq_len": 32,
-                "prompt_len": 24,
-                "n_prompts": 400,
-                "seeds": (0, 1),
-            }
-        )
+        return StrongerAMTConfig().override(QUICK)
 
     def measure(self, config: StrongerAMTConfig, progress: bool = True) -> Result:
-        if not isinstance(config, StrongerAMTConfig):
-            raise TypeError(f"config={type(config).__name__}; expected a StrongerAMTConfig")
+        _kit.check_config(config, StrongerAMTConfig)
         t0 = time.perf_counter()
         task = make_task(config.task, batch_size=config.train.batch_size)
-        rates = _kit.trigger_rates(task)
-        pool = [int(i) for i in (rates >= config.min_trigger_rate).nonzero().flatten()]
-        per_seed, models, extras = [], {}, {}
-        for seed in config.seeds:
-            record: dict[str, Any] = {"scored_queries": pool}
-            for enc in config.encodings:
-                model, rec = _kit.train_one(config, enc, seed, task, progress=progress)
-                fits, extra = fit_model(model, config, pool, seed)
-                record[enc] = {**fits, **rec}
-                models[f"{enc}-seed{seed}"] = model
-                extras[f"{enc}-seed{seed}"] = extra
-            per_seed.append(record)
-        return Result(
-            self.name,
-            config.to_dict(),
-            list(config.seeds),
-            per_seed,
-            seconds=time.perf_counter() - t0,
-            environment=environment(),
-            artifacts={"models": models, "fits": extras},
+        pool = _kit.trained_queries(task, config.min_trigger_rate)
+
+        def run(enc: str, seed: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+            model, rec = _kit.train_one(config, enc, seed, task, progress=progress)
+            fits, extra = fit_model(model, config, pool, seed)
+            return model, {**fits, **rec}, extra
+
+        runs = _kit.run_grid(
+            config.seeds, config.encodings, run, lambda _: {"scored_queries": pool}
         )
+        artifacts = {"models": runs.models, "fits": runs.extras}
+        return _kit.make_result(self.name, config, runs.per_seed, t0, artifacts)
 
     def claims(self, config: StrongerAMTConfig) -> list[Claim]:
         """The stronger AMT describes a trained model better than the plain one (Wang & Sato
