@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -130,6 +131,9 @@ class NaturalInductionConfig(RunConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError(f"text={self.text!r}; expected {PYTHON_DOCS!r} or a file path")
+        if self.text != PYTHON_DOCS and not Path(self.text).expanduser().is_file():
+            # checked here, before any seed starts, so that a typo costs one line, not a run
+            raise ValueError(f"text={self.text!r}; expected {PYTHON_DOCS!r} or an existing file")
         _kit.check_seeds(self.seeds, distinct=False)
         _kit.check_number("held_out", self.held_out, "(0, 0.5)", what="a fraction")
         _kit.check_number("repeat_fraction", self.repeat_fraction)
