@@ -107,8 +107,8 @@ def test_config_validation_and_derived_lengths():
     assert len(cfg.train_lens) >= 2 and cfg.task.seq_len == max(cfg.train_lens)
     assert cfg.eval_lens(32) == (32, 64, 128) and cfg.model.n_ctx == 4 * max(cfg.train_lens)
     assert (cfg.late_prefix(64), cfg.near_prefix(64)) == (192, 80)
-    m = cfg.model_config("relative", 5, 16)  # the rules: width 4 T, clip at T // 2
-    assert (m.d_model, m.max_relative_distance, m.n_ctx, m.seed) == (64, 8, 64, 5)
+    m = cfg.model_config("relative", 5, 16)  # the rules: width 8 T, clip at T // 2
+    assert (m.d_model, m.max_relative_distance, m.n_ctx, m.seed) == (128, 8, 64, 5)
     assert cfg.model_config("relative_bias", 0, 32).relative_form == "bias"
     learned = cfg.model_config("standard_learned", 0, 32)
     assert "pos_embed.W_pos" not in learned.frozen and "pos_embed.W_pos" in cfg.model.frozen
