@@ -31,18 +31,10 @@ import time
 import torch
 
 from tlassoc.experiments import get
-from tlassoc.experiments.framework import jsonable
+from tlassoc.experiments.framework import jsonable, without_times
 from tlassoc.sweep import run_trials, split_seeds, start_ray
 
 TARGET = 0.65
-
-
-def _numbers(x):
-    if isinstance(x, dict):
-        return {k: _numbers(v) for k, v in x.items() if "seconds" not in k}
-    if isinstance(x, list):
-        return [_numbers(v) for v in x]
-    return x
 
 
 def main() -> int:
@@ -77,7 +69,7 @@ def main() -> int:
     assert all(r.status == "done" for r in records), [r.error for r in records]
     if threads == 1:  # the same thread count as the trials: the same bits
         for a, r in zip(alone, records, strict=True):
-            assert _numbers(jsonable(a.per_seed)) == _numbers(jsonable(r.result.per_seed))
+            assert without_times(jsonable(a.per_seed)) == without_times(jsonable(r.result.per_seed))
     ratio = swept / sequential
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(

@@ -73,6 +73,18 @@ _held: dict[str, list[Any]] = {}  # resolved folder -> [FileLock, depth, thread 
 _held_guard = threading.Lock()
 
 
+def package_json(name: str) -> dict[str, Any]:
+    """The JSON object in ``tlassoc/data/<name>`` (measured times shipped with the package), or
+    ``{}`` when the file is not there."""
+    from importlib import resources
+
+    try:
+        text = resources.files("tlassoc").joinpath(f"data/{name}").read_text()
+    except (FileNotFoundError, OSError):
+        return {}
+    return json.loads(text)
+
+
 def lock_holder(path: str | os.PathLike[str]) -> str:
     """Who holds (or last held) the lock of folder ``path``, in words, from its sidecar file.
 

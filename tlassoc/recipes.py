@@ -16,13 +16,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from tlassoc import presets
+from tlassoc._io import package_json
 from tlassoc.config import RunConfig, TaskConfig, TrainConfig
 
 
@@ -160,11 +159,7 @@ def measured_times() -> dict[str, Any]:
     """Measured run times of the recipes on the development machine (``recipe_times.json``,
     written by ``benchmarks/time_recipes.py``): ``{"machine": ..., "recipes": {name:
     {"seconds_per_step": s, "steps": n, "seconds": total}}}``; empty if never measured."""
-    try:
-        text = resources.files("tlassoc").joinpath("data/recipe_times.json").read_text()
-    except (FileNotFoundError, OSError):
-        return {}
-    return json.loads(text)
+    return package_json("recipe_times.json")
 
 
 __all__ = ["RECIPES", "Recipe", "get", "measured_times", "names"]

@@ -21,7 +21,7 @@ import pytest
 from tlassoc._io import LOCK_FILE, FolderLockedError
 from tlassoc.cli import main
 from tlassoc.experiments import get
-from tlassoc.experiments.framework import jsonable, lookup, mean_interval
+from tlassoc.experiments.framework import jsonable, lookup, mean_interval, without_times
 from tlassoc.sweep import (
     measure_seeds,
     parse_grid,
@@ -55,19 +55,10 @@ def ray_local():
         os.environ["PYTHONPATH"] = old
 
 
-def _numbers(x):
-    """``x`` without wall times (the only measurements that differ between two runs)."""
-    if isinstance(x, dict):
-        return {k: _numbers(v) for k, v in x.items() if "seconds" not in k}
-    if isinstance(x, list):
-        return [_numbers(v) for v in x]
-    return x
-
-
 def _in_process(exp, config_dict):
     """The per-seed numbers of measuring the configuration here, as results.json stores them."""
     result = exp.measure(exp.config_class.from_dict(config_dict), progress=False)
-    return _numbers(jsonable(result.per_seed))
+    return without_times(jsonable(result.per_seed))
 
 
 def test_cli_sweep_matches_in_process(ray_local, tmp_path, one_thread):
@@ -96,7 +87,7 @@ def test_cli_sweep_matches_in_process(ray_local, tmp_path, one_thread):
         (32, [1]),
     ]
     for t in trials:
-        assert _numbers(t["result"]["per_seed"]) == _in_process(exp, t["config"]), t["params"]
+        assert without_times(t["result"]["per_seed"]) == _in_process(exp, t["config"]), t["params"]
 
     table = pd.read_csv(out / "trials.csv")
     metrics = list(dict.fromkeys(c.metric for c in exp.claims(exp.quick_config())))
@@ -170,7 +161,7 @@ def test_failing_trial_is_recorded_the_others_finish_and_a_rerun_retries_only_it
     assert {i: (out / "trials" / i / "results.json").read_bytes() for i in done} == done
 
 
-def test_measure_seeds_merges_per_seed_trials_with_the_in_process_numbers(
+def test_measure_seeds_merges_per_seed_trials_with_the_in_processwithout_times(
     ray_local, tmp_path, one_thread
 ):
     exp = get("length_generalization")
@@ -180,16 +171,18 @@ def test_measure_seeds_merges_per_seed_trials_with_the_in_process_numbers(
     names = []
     for seed, record in zip([0, 1], merged.per_seed, strict=True):
         alone = exp.measure(config.set("seeds", (seed,)), progress=False)
-        assert _numbers(jsonable(record)) == _numbers(jsonable(alone.per_seed[0]))
+        assert without_times(jsonable(record)) == without_times(jsonable(alone.per_seed[0]))
         names += sorted(alone.artifacts["models"])
     assert sorted(merged.artifacts["models"]) == sorted(names) and len(names) >= 2
     # finished trials are read back from their folders, models from their safetensors files
     again = measure_seeds(exp, config, tmp_path / "trials", progress=False)
-    assert _numbers(jsonable(again.per_seed)) == _numbers(jsonable(merged.per_seed))
+    assert without_times(jsonable(again.per_seed)) == without_times(jsonable(merged.per_seed))
     assert sorted(again.artifacts["models"]) == sorted(names)
 
 
-def test_reproduce_runs_seeds_on_ray_with_the_in_process_numbers(ray_local, tmp_path, one_thread):
+def test_reproduce_runs_seeds_on_ray_with_the_in_processwithout_times(
+    ray_local, tmp_path, one_thread
+):
     flags = ["length_generalization", "--quick", *TINY_FLAGS, "--set", "seeds=0,1"]
     ray_out, here_out = tmp_path / "ray", tmp_path / "here"
     assert main(["reproduce", *flags, "--out", str(ray_out), "--no-progress"]) == 0
@@ -197,7 +190,7 @@ def test_reproduce_runs_seeds_on_ray_with_the_in_process_numbers(ray_local, tmp_
     on_ray = json.loads((ray_out / "results.json").read_text())
     here = json.loads((here_out / "results.json").read_text())
     assert on_ray["seeds"] == here["seeds"] == [0, 1]
-    assert _numbers(on_ray["per_seed"]) == _numbers(here["per_seed"])
+    assert without_times(on_ray["per_seed"]) == without_times(here["per_seed"])
     assert [c["values"] for c in on_ray["claims"]] == [c["values"] for c in here["claims"]]
     trials = sorted(p.name for p in (ray_out / "trials").iterdir())
     assert len(trials) == 4 and not (here_out / "trials").exists()
@@ -216,7 +209,7 @@ def test_reproduce_runs_seeds_on_ray_with_the_in_process_numbers(ray_local, tmp_
     assert main(["reproduce", *flags, "--out", str(ray_out), "--no-progress"]) == 0
     assert stamps() == before
     again = json.loads((ray_out / "results.json").read_text())
-    assert _numbers(again["per_seed"]) == _numbers(on_ray["per_seed"])
+    assert without_times(again["per_seed"]) == without_times(on_ray["per_seed"])
 
 
 def test_reproduce_without_ray_runs_the_seeds_here_and_says_so(tmp_path):
@@ -338,7 +331,7 @@ def test_killed_sweep_resumes_and_finishes_with_the_same_results(
     assert {p: p.read_bytes() for p in kept} == kept  # finished trials were not run again
     exp = get("length_generalization")
     for t in load_trials(out):
-        assert _numbers(t["result"]["per_seed"]) == _in_process(exp, t["config"]), t["params"]
+        assert without_times(t["result"]["per_seed"]) == _in_process(exp, t["config"]), t["params"]
 
 
 def test_sweep_without_ray_says_how_to_install_it(tmp_path):

@@ -14,8 +14,8 @@ ROOT = Path(__file__).parents[2] / "tlassoc"
 
 #: Lowest layer first; a module may import modules of its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("tlassoc.config", "tlassoc.presets", "tlassoc.recipes"),
-    ("tlassoc._io", "tlassoc.metrics", "tlassoc.tokenizer", "tlassoc.data"),
+    ("tlassoc._io", "tlassoc.config", "tlassoc.presets", "tlassoc.recipes"),
+    ("tlassoc.metrics", "tlassoc.tokenizer", "tlassoc.data"),
     (
         "tlassoc._tl",
         "tlassoc._tl_surface",

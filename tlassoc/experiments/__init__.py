@@ -13,8 +13,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import json
-from importlib import resources
 from typing import Any
 
 #: name -> "module:class" of every experiment, in listing order.
@@ -57,11 +55,9 @@ def measured_times() -> dict[str, Any]:
     (``experiment_times.json``, written by ``benchmarks/time_experiments.py``):
     ``{"machine": ..., "total_seconds": ..., "experiments": {name: {"seconds": s, ...}}}``;
     empty if never measured."""
-    try:
-        text = resources.files("tlassoc").joinpath("data/experiment_times.json").read_text()
-    except (FileNotFoundError, OSError):
-        return {}
-    return json.loads(text)
+    from tlassoc._io import package_json
+
+    return package_json("experiment_times.json")
 
 
 __all__ = ["DEFAULT", "EXPERIMENTS", "get", "measured_times", "names"]

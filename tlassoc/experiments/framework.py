@@ -387,6 +387,21 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def without_times(x: Any) -> Any:
+    """``x`` (nested dicts and lists, e.g. a result's ``per_seed``) without its wall-time
+    entries (keys containing ``seconds``): the part two runs of the same configuration share.
+
+    Example:
+        >>> without_times([{"acc": 0.9, "train_seconds": 3.2, "by_len": {"seconds": 1}}])
+        [{'acc': 0.9, 'by_len': {}}]
+    """
+    if isinstance(x, dict):
+        return {k: without_times(v) for k, v in x.items() if "seconds" not in k}
+    if isinstance(x, list):
+        return [without_times(v) for v in x]
+    return x
+
+
 def fmt(x: Any, digits: int = 3) -> str:
     """A number for a table (``n/a`` for missing or NaN)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -484,6 +499,7 @@ __all__ = [
     "jsonable",
     "lookup",
     "mean_interval",
+    "without_times",
     "write",
     "write_index",
 ]
