@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,16 @@ def _label(enc: str) -> str:
     from tlassoc.experiments.length_generalization import label
 
     return label(enc)
+
+
+def _math_label(enc: str) -> str:
+    """The label for figures, its symbols in matplotlib's math text: ``RPE (vector $r_{t-s}$)``.
+
+    Example:
+        >>> _math_label("relative"), _math_label("standard")
+        ('RPE (vector $r_{t-s}$)', 'APE (frozen $p_t$)')
+    """
+    return re.sub(r"\b([rbp]_(?:\{[^}]*\}|\w))", r"$\1$", _label(enc))
 
 
 def _lens(result: Result) -> list[int]:
@@ -237,7 +248,7 @@ def _curves(result: Result, key: str, ylabel: str, title: str, path: Path) -> No
             mean = [_nanmean([r[i] for r in runs]) for i in range(n)]
             low = [min(r[i] for r in runs) for i in range(n)]
             high = [max(r[i] for r in runs) for i in range(n)]
-            (line,) = ax.plot(range(n), mean, lw=1.4, label=_label(enc))
+            (line,) = ax.plot(range(n), mean, lw=1.4, label=_math_label(enc))
             ax.fill_between(range(n), low, high, color=line.get_color(), alpha=0.2, lw=0)
         ax.axvline(T, color="gray", ls="--", lw=1)
         ax.text(T, 1.03, " T_train", color="gray", fontsize=8, va="bottom")
@@ -270,7 +281,7 @@ def _bars(result: Result, groups: dict[str, tuple[str, ...]], ylabel: str, path:
                 errs.append(0.0 if math.isnan(low) else (high - low) / 2)
             xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(encs))]
             ax.bar(xs, means, width, yerr=errs, capsize=3, label=name)
-        ax.set_xticks(range(len(encs)), [_label(e) for e in encs], rotation=25, ha="right")
+        ax.set_xticks(range(len(encs)), [_math_label(e) for e in encs], rotation=25, ha="right")
         ax.set(ylabel=ylabel, ylim=(0, 1.05), title=f"T_train = {T}")
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     _save(fig, path)
@@ -304,7 +315,7 @@ def _figures(result: Result) -> dict[str, Any]:
             "attention mass (late segment)", path,
         ),
         "probes.png": lambda path: plot_probes_over_training(
-            {_label(enc): first[enc]["history"] for enc in first}, path
+            {_math_label(enc): first[enc]["history"] for enc in first}, path
         ),
     }  # fmt: skip
 
