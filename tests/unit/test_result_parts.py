@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tlassoc.experiments import get
+from tlassoc.experiments import get, names
 from tlassoc.experiments.framework import Result, jsonable, without_times
 from tlassoc.sweep.grid import split_parts
 
@@ -43,6 +43,17 @@ def test_experiments_without_other_parallel_fields_split_by_seed_only():
     config = exp.quick_config()
     parts = split_parts(exp, config.set("seeds", (3, 4, 5)))
     assert [p.seeds for p in parts] == [(3,), (4,), (5,)]
+
+
+@pytest.mark.parametrize("name", names())
+def test_repeated_seeds_are_refused_by_every_experiment(name):
+    """A repeated seed would train the same models twice and overwrite their saved files (and
+    two parts would measure one value): every configuration refuses it in one line."""
+    exp = get(name)
+    seeds = tuple(getattr(exp.default_config(), "seeds"))
+    with pytest.raises(ValueError, match=r"^seeds=\(\d+, \d+\); expected ") as err:
+        exp.default_config().set("seeds", (seeds[0], seeds[0]))
+    assert "\n" not in str(err.value)
 
 
 def test_a_value_measured_by_two_parts_is_refused():

@@ -117,8 +117,8 @@ class InductionHeadsConfig(RunConfig):
     n_samples: int = 10
 
     def __post_init__(self) -> None:
-        _kit.check_encodings(self.encodings, distinct=False)
-        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_encodings(self.encodings)
+        _kit.check_seeds(self.seeds)
         check_int("repeat_len", self.repeat_len, minimum=2)
         check_int("n_samples", self.n_samples, minimum=1)
         for name in self.pretrained:

@@ -154,6 +154,10 @@ class LengthGenConfig(RunConfig):
                 raise ValueError(f"{name}=(); expected at least one value")
             for v in values:
                 check_int(name, v, minimum=low)
+        for name in ("seeds", "train_lens", "encodings"):  # each value names a part of the result
+            values = tuple(getattr(self, name))
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}={values!r}; expected each value once")
         for m in self.eval_multiples:
             check_int("eval_multiples", m, minimum=1)
         if not self.eval_multiples or max(self.eval_multiples) < 2:

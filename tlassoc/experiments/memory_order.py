@@ -81,7 +81,7 @@ class MemoryOrderConfig(RunConfig):
     def __post_init__(self) -> None:
         if not self.variants or any(v not in VARIANTS for v in self.variants):
             raise ValueError(f"variants={self.variants!r}; expected values in {VARIANTS}")
-        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_seeds(self.seeds)
         for name in ("threshold", "wf_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

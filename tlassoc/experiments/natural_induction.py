@@ -134,7 +134,7 @@ class NaturalInductionConfig(RunConfig):
         if self.text != PYTHON_DOCS and not Path(self.text).expanduser().is_file():
             # checked here, before any seed starts, so that a typo costs one line, not a run
             raise ValueError(f"text={self.text!r}; expected {PYTHON_DOCS!r} or an existing file")
-        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_seeds(self.seeds)
         _kit.check_number("held_out", self.held_out, "(0, 0.5)", what="a fraction")
         _kit.check_number("repeat_fraction", self.repeat_fraction)
         for name in self.simplified:

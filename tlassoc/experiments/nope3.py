@@ -89,7 +89,7 @@ class NopeConfig(RunConfig):
     repeat_len: int = 25
 
     def __post_init__(self) -> None:
-        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_seeds(self.seeds)
         if not isinstance(self.start_token, bool):
             raise ValueError(f"start_token={self.start_token!r}; expected a bool")
         _kit.check_number("threshold", self.threshold, "(0, 1]")

@@ -87,8 +87,8 @@ class OneStepConfig(RunConfig):
     n_random: int = 20
 
     def __post_init__(self) -> None:
-        _kit.check_encodings(self.encodings, allowed=("relative", "standard"), distinct=False)
-        _kit.check_seeds(self.seeds, distinct=False)
+        _kit.check_encodings(self.encodings, allowed=("relative", "standard"))
+        _kit.check_seeds(self.seeds)
         if len(self.step_sizes) != 3 or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
             for x in self.step_sizes
