@@ -50,7 +50,7 @@ def test_repeated_seeds_are_refused_by_every_experiment(name):
     """A repeated seed would train the same models twice and overwrite their saved files (and
     two parts would measure one value): every configuration refuses it in one line."""
     exp = get(name)
-    seeds = tuple(getattr(exp.default_config(), "seeds"))
+    seeds = tuple(exp.default_config().seeds)
     with pytest.raises(ValueError, match=r"^seeds=\(\d+, \d+\); expected ") as err:
         exp.default_config().set("seeds", (seeds[0], seeds[0]))
     assert "\n" not in str(err.value)
