@@ -172,11 +172,17 @@ def _refuse_pickled(name: str, repo: str) -> None:
 
 
 def _cache_location(cache_dir: str | os.PathLike[str] | None) -> str:
-    if cache_dir is not None:
-        return str(cache_dir)
-    from huggingface_hub import constants
+    """The cache folder, with the home folder written ``~`` (shorter, and the same text on
+    every machine, e.g. in a notebook's stored output)."""
+    if cache_dir is None:
+        from huggingface_hub import constants
 
-    return str(constants.HF_HUB_CACHE)
+        cache_dir = constants.HF_HUB_CACHE
+    path = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~") and (path == home or path.startswith(home + os.sep)):
+        return "~" + path[len(home) :]
+    return path
 
 
 def _offline_vars() -> list[str]:
