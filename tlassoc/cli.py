@@ -263,7 +263,7 @@ def _experiments() -> int:
         print(
             f"\nDefault runs measured on {times['machine']} by {times['how']}"
             + (f"; all of them: {_duration(total)}" if total else "")
-            + ". Alone, `tlassoc reproduce NAME` adds about 10 s to start Ray."
+            + ". Alone, `tlassoc reproduce NAME` with several seeds adds about 10 s to start Ray."
         )
     return 0
 
