@@ -447,8 +447,18 @@ def _reproduce(args: argparse.Namespace) -> int:
     config = exp.quick_config() if args.quick else exp.default_config()
     config = _apply(config, getattr(args, "settings", None) or [])
     out = _writable_dir(args.out)
-    with _one_line_warnings():
-        result = _measure(exp, config, out, args)
+    try:
+        with _one_line_warnings():
+            result = _measure(exp, config, out, args)
+    except KeyboardInterrupt:
+        if not (out / "trials").is_dir():
+            raise
+        print(
+            f"tlassoc: reproduce interrupted; finished parts are kept in {out / 'trials'}; run "
+            "the same command again to finish it",
+            file=sys.stderr,
+        )
+        return 130
     write(exp, result, out)
     outcomes = exp.evaluate_claims(result)
     for o in outcomes:

@@ -145,3 +145,20 @@ def test_reproduce_settings_reach_the_models(tmp_path, capsys):
     assert "rel_embed.W_rel" not in dict(rpe.named_parameters())
     assert ape.cfg.positional_embedding_type == "standard"
     assert "T_train = 16 for 2 steps" in (tmp_path / "report.md").read_text()
+
+
+def test_an_interrupted_reproduce_says_how_to_finish_it(tmp_path, capsys, monkeypatch):
+    import tlassoc.sweep
+
+    def stopped(experiment, config, out_dir, **kwargs):
+        (out_dir / "trials" / "abc").mkdir(parents=True)  # a finished part, as the runner keeps it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tlassoc.sweep, "measure", stopped)
+    assert main(["reproduce", "--quick", "--out", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"tlassoc: reproduce interrupted; finished parts are kept in {tmp_path / 'trials'}; run "
+        "the same command again to finish it"
+    )
+    assert not (tmp_path / "results.json").exists()
