@@ -340,10 +340,10 @@ class Attention(nn.Module):
             q = q * factor[None, :, None, None]
             add = add * factor[:, None] if add is not None else None
         mask = torch.full((n_pos, n_pos), float("-inf"), device=q.device, dtype=q.dtype).triu(1)
-        add = mask if add is None else (add + mask).expand(b, h, n_pos, n_pos)
-        add = add.reshape(-1, n_pos, n_pos) if add.ndim == 4 else add
+        if add is not None:  # [h, q, k] or [b, h, q, k] -> [b * h, q, k]
+            mask = (add + mask).expand(b, h, n_pos, n_pos).reshape(b * h, n_pos, n_pos)
         qh, kh, vh = (t.transpose(1, 2).reshape(b * h, n_pos, dh) for t in (q, k, v))
-        pattern = torch.softmax(torch.baddbmm(add, qh, kh.transpose(1, 2)), dim=-1)
+        pattern = torch.softmax(torch.baddbmm(mask, qh, kh.transpose(1, 2)), dim=-1)
         z = torch.bmm(pattern, vh).view(b, h, n_pos, dh)
         return torch.einsum("bhqd,hdm->bqm", z, self.W_O)
 

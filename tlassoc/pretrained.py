@@ -228,9 +228,23 @@ def _local_folder(name: Any) -> Path | None:
     return folder
 
 
+def _causal_lm(folder: Path, dtype: torch.dtype) -> Any:
+    """A transformers causal LM from local files: safetensors only, no network, eager attention
+    (so that attention patterns can be read)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        folder,
+        torch_dtype=dtype,
+        attn_implementation="eager",
+        local_files_only=True,
+        use_safetensors=True,
+    )
+
+
 def _from_folder(folder: Path, device: Any, dtype: torch.dtype) -> Any:
     """Load a folder of Hugging Face files (safetensors weights only) without any network."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     weights = ("model.safetensors", "model.safetensors.index.json")
     if not any((folder / w).is_file() for w in weights):
@@ -241,13 +255,7 @@ def _from_folder(folder: Path, device: Any, dtype: torch.dtype) -> Any:
         raise CheckpointError(
             f"{folder} has no model.safetensors{found}; expected safetensors weights"
         )
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        torch_dtype=dtype,
-        attn_implementation="eager",
-        local_files_only=True,
-        use_safetensors=True,
-    )
+    hf_model = _causal_lm(folder, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -339,16 +347,10 @@ def _from_snapshot(
     name: str, repo: str, snapshot: Path, device: Any, dtype: torch.dtype, cache_dir: Any
 ) -> Any:
     """Load from the cached snapshot without any network access."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            snapshot,
-            torch_dtype=dtype,
-            attn_implementation="eager",
-            local_files_only=True,
-            use_safetensors=True,
-        )
+        hf_model = _causal_lm(snapshot, dtype)
     except (ValueError, OSError, KeyError):
         # Not a transformers checkpoint (e.g. TransformerLens's own toy models): let
         # TransformerLens read its cache.

@@ -11,6 +11,7 @@ from tlassoc.experiments._report_kit import (
     finish_report,
     report_head,
     setting_line,
+    trigger_task_rows,
 )
 from tlassoc.experiments.framework import Report, Result
 
@@ -25,8 +26,7 @@ NAMES = {
 
 def _rows(enc: str) -> list[tuple[str, str]]:
     rows = [
-        ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
-        ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+        *trigger_task_rows(enc),
         ("prompts fitted / held out: fitted", f"{enc}.n_fit"),
         ("prompts fitted / held out: held out", f"{enc}.n_test"),
     ]

@@ -11,6 +11,7 @@ from tlassoc.experiments._report_kit import (
     finish_report,
     report_head,
     setting_line,
+    trigger_task_rows,
 )
 from tlassoc.experiments.framework import Report, Result, fmt, mean_interval
 
@@ -19,8 +20,7 @@ PLACEMENTS = (("near", "near the end"), ("far", "near the start"), ("beyond", "b
 
 def _rows(enc: str) -> list[tuple[str, str]]:
     rows = [
-        ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
-        ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+        *trigger_task_rows(enc),
         ("previous-token argmax accuracy", f"{enc}.final.prev_token_acc"),
         ("scored prompts", f"{enc}.n_prompts"),
     ]

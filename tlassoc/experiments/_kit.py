@@ -22,6 +22,17 @@ from tlassoc.config import POSITIONAL_TYPES
 from tlassoc.config.train import check_int
 from tlassoc.experiments.framework import Result, environment
 
+#: The training part of the quick (test) settings of the experiments that train small models
+#: on the trigger or analogy task: d 32, 60 steps, batch 16, sequences of 32.
+QUICK_TRAINING: dict[str, Any] = {
+    "model.d_model": 32,
+    "train.steps": 60,
+    "train.batch_size": 16,
+    "train.log_every": 30,
+    "train.eval_batch_size": 16,
+    "task.seq_len": 32,
+}
+
 #: Display labels of the positional encodings (``positional_embedding_type`` values).
 LABELS = {
     "relative": "RPE",

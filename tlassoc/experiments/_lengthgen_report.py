@@ -97,15 +97,16 @@ def _verdicts(result: Result, outcomes: list[ClaimOutcome]) -> list[str]:
             if not mine:
                 lines.append(_descriptive_line(result, enc, T))
                 continue
-            ok = all(o.holds for o in capacity_of(mine))
+            ok = all(o.holds for o in _capacity(mine))
             lines.append(_verdict_line(enc, T, mine, ok))
     lines.append("")
-    effective = [o for o in outcomes if o not in capacity_of(outcomes)]
+    capacity = _capacity(outcomes)
+    effective = [o for o in outcomes if o not in capacity]
     if all(o.holds for o in outcomes):
         lines.append("Every claim holds for every seed and training length.")
     else:
         failed = sum(not o.holds for o in effective)
-        under = [o.claim.name for o in capacity_of(outcomes) if not o.holds]
+        under = [o.claim.name for o in capacity if not o.holds]
         text = (
             f"{failed} of {len(effective)} claims about the papers' statements do not hold for "
             "every seed at these settings"
@@ -126,7 +127,7 @@ def _parallelism(env: dict[str, Any]) -> str:
     return f"one process, {threads} torch thread(s)"
 
 
-def capacity_of(outcomes: list[Any]) -> list[Any]:
+def _capacity(outcomes: list[Any]) -> list[Any]:
     """The outcomes of the capacity precondition claims."""
     return [o for o in outcomes if o.claim.name.startswith("capacity")]
 

@@ -67,6 +67,15 @@ def interval_cell(values: Sequence[Any], digits: int = 3) -> str:
     return f"{fmt(m, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
+def trigger_task_rows(enc: str) -> list[tuple[str, str]]:
+    """The first rows of a table of models trained on the trigger task with the loss on all
+    tokens: in-context accuracy and the global-bigram loss."""
+    return [
+        ("in-context accuracy, label >= 2 (trigger task)", f"{enc}.final.acc_ge2"),
+        ("global-bigram loss (nats; floor 2.453)", f"{enc}.final.loss_global"),
+    ]
+
+
 def seed_table(result: Result, rows: Sequence[tuple[str, str]], digits: int = 3) -> list[str]:
     """A markdown table with one row per ``(name, metric path)``: per-seed values and the mean
     [95 % interval] over seeds (``n/a`` where a value is missing)."""

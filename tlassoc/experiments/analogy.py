@@ -208,12 +208,7 @@ class AnalogyExperiment(Experiment):
         """Small setting for tests (d 32, 60 steps, 2 seeds)."""
         return AnalogyConfig().override(
             {
-                "model.d_model": 32,
-                "train.steps": 60,
-                "train.batch_size": 16,
-                "train.log_every": 30,
-                "train.eval_batch_size": 16,
-                "task.seq_len": 32,
+                **_kit.QUICK_TRAINING,
                 "eval_sequences": 16,
                 "seeds": (0, 1),
             }

@@ -208,22 +208,7 @@ class Result:
             if other != config:
                 raise ValueError("results differ in settings other than seeds; cannot merge")
         seeds = [s for r in results for s in r.seeds]
-        artifacts: dict[str, Any] = {}
-        for r in results:
-            for key, value in r.artifacts.items():
-                if isinstance(value, dict) and isinstance(artifacts.get(key, {}), dict):
-                    artifacts.setdefault(key, {}).update(value)
-                else:
-                    artifacts.setdefault(key, value)
-        return cls(
-            first.experiment,
-            {**first.config, "seeds": seeds},
-            seeds,
-            [rec for r in results for rec in r.per_seed],
-            seconds=sum(r.seconds for r in results),
-            environment=first.environment,
-            artifacts=artifacts,
-        )
+        return cls.combine({**first.config, "seeds": seeds}, results)
 
     @classmethod
     def combine(cls, config: dict[str, Any], parts: list[Result]) -> Result:
@@ -250,7 +235,7 @@ class Result:
                     raise ValueError(f"part of seed {seed}; expected seeds {seeds}")
                 _union(records[seed], record, f"seed {seed}")
             for key, value in part.artifacts.items():
-                if isinstance(value, dict):
+                if isinstance(value, dict) and isinstance(artifacts.get(key, {}), dict):
                     artifacts.setdefault(key, {}).update(value)
                 else:
                     artifacts.setdefault(key, value)

@@ -56,12 +56,7 @@ MAJORITY = ((1, 0), (2, 0), (3, 0), (2, 1), (3, 1))
 WITHIN = ("near", "far")
 #: The quick (test) settings, shared with stronger_amt: d 32, 60 steps, 2 seeds, 400 prompts.
 QUICK = {
-    "model.d_model": 32,
-    "train.steps": 60,
-    "train.batch_size": 16,
-    "train.log_every": 30,
-    "train.eval_batch_size": 16,
-    "task.seq_len": 32,
+    **_kit.QUICK_TRAINING,
     "prompt_len": 24,
     "n_prompts": 400,
     "seeds": (0, 1),

@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from tlassoc.sweep.runner import (
     _Options,
     _records,
     _run_locked,
+    finished_results,
     import_ray,
     locked,
     merged_result,
@@ -135,10 +138,7 @@ def measure_parts(experiment: Any, config: Any, out_dir: Any, **options: Any) ->
     """
     options.setdefault("keep_artifacts", True)
     records = run_trials(experiment, split_parts(experiment, config), out_dir, **options)
-    missing = [f"{r.id} ({r.status}: {r.error})" for r in records if r.result is None]
-    if missing:
-        raise ValueError(f"trials {missing} did not finish; expected every trial done")
-    result = Result.combine(config.to_dict(), [r.result for r in records])  # type: ignore[misc]
+    result = Result.combine(config.to_dict(), finished_results(records))
     result.environment = {**result.environment, "trials": len(records)}
     return result
 
@@ -172,9 +172,6 @@ def measure(
         >>> r.seeds, sorted(r.per_seed[0]["T16"])
         ([0], ['relative', 'standard'])
     """
-    import time
-    import warnings
-
     t0 = time.perf_counter()
     seeds = getattr(config, "seeds", None) or ()
     use_ray = parallel and len(seeds) > 1  # one seed (the quick settings): not worth Ray's start

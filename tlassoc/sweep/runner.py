@@ -369,8 +369,8 @@ def _interrupt(ray: Any, inflight: dict[Any, TrialRecord], experiment: Any, out:
         _write_trial(out / "trials" / rec.id, experiment, rec)
 
 
-def merged_result(records: list[TrialRecord]) -> Result:
-    """One result from the trials' results (:meth:`Result.merge`), in the records' order.
+def finished_results(records: list[TrialRecord]) -> list[Result]:
+    """The trials' results, in the records' order.
 
     Raises:
         ValueError: naming the trials that did not finish.
@@ -378,7 +378,16 @@ def merged_result(records: list[TrialRecord]) -> Result:
     missing = [f"{r.id} ({r.status}: {r.error})" for r in records if r.result is None]
     if missing:
         raise ValueError(f"trials {missing} did not finish; expected every trial done")
-    return Result.merge([r.result for r in records])  # type: ignore[misc]
+    return [r.result for r in records]  # type: ignore[misc]
+
+
+def merged_result(records: list[TrialRecord]) -> Result:
+    """One result from the trials' results (:meth:`Result.merge`), in the records' order.
+
+    Raises:
+        ValueError: naming the trials that did not finish.
+    """
+    return Result.merge(finished_results(records))
 
 
 __all__ = [
@@ -391,6 +400,7 @@ __all__ = [
     "import_ray",
     "locked",
     "measure_trial",
+    "finished_results",
     "merged_result",
     "read_json",
     "run_trials",
